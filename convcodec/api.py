@@ -1,0 +1,117 @@
+"""The Python API: ``compress`` and ``decompress``.
+
+    >>> import convcodec
+    >>> data = convcodec.compress("photo.png", steps=6)          # bytes of a .cdr file
+    >>> img = convcodec.decompress(data)                          # PIL.Image.Image, RGB
+    >>> data = convcodec.compress(img, max_bytes=6000)            # the best file that fits
+
+Models are loaded once per process and reused. torch is imported on the
+first call, not by ``import convcodec``.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Union
+
+from .container import CdrFile, pack, truncate, unpack
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+ImageLike = Union[str, os.PathLike, bytes, "Image.Image", "np.ndarray"]
+
+
+class RateError(ValueError):
+    """No file of the asked size can be made."""
+
+
+def fit_to_budget(cdr: CdrFile, max_bytes: int) -> CdrFile:
+    """The longest prefix of ``cdr`` whose file is at most ``max_bytes``.
+
+    Cutting groups is exact: a file cut to t groups is byte for byte the file
+    that compressing with ``steps=t`` writes. At least one group is kept, since
+    a file of no groups shows only the model's prior, not the image.
+    """
+    for t in range(len(cdr.chunks), 0, -1):
+        cut = truncate(cdr, t)
+        n = len(pack(cut))
+        if n <= max_bytes:
+            return cut
+    smallest = len(pack(truncate(cdr, 1))) if cdr.chunks else 0
+    raise RateError(f"cannot fit the image in {max_bytes} bytes: the smallest file with one group "
+                    f"is {smallest} bytes")
+
+
+def compress(image: ImageLike, steps: int | None = None, model: str | None = None,
+             max_bytes: int | None = None, bpp: float | None = None, device: str = "auto") -> bytes:
+    """Compress an image to the bytes of a ``.cdr`` file.
+
+    Args:
+        image: a path, the bytes of an image file, a PIL image, or a numpy
+            array (HxW, HxWx3 or HxWx4; uint8, or float in [0, 1]).
+        steps: latent groups to store (default: all the model has).
+        model: model name (``convcodec.models()``) or path to a .safetensors file.
+        max_bytes: write the largest prefix of groups that fits in this many
+            bytes (never more); combined with ``steps``, the smaller wins.
+        bpp: like ``max_bytes``, as bits per pixel.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+    """
+    from . import codec
+    from .image import load_image
+    rgb = load_image(image)
+    budget = _budget(rgb.shape[1], rgb.shape[0], max_bytes, bpp)
+    enc = codec.encode(rgb, model=model, steps=steps, device=device)
+    if budget is None:
+        return enc.data
+    return pack(fit_to_budget(enc.cdr, budget))
+
+
+def _budget(w: int, h: int, max_bytes: int | None, bpp: float | None) -> int | None:
+    budgets = []
+    if max_bytes is not None:
+        if max_bytes <= 0:
+            raise RateError("max_bytes must be positive")
+        budgets.append(int(max_bytes))
+    if bpp is not None:
+        if not bpp > 0:
+            raise RateError("bpp must be positive")
+        budgets.append(int(bpp * w * h / 8))
+    return min(budgets) if budgets else None
+
+
+def decompress(data: bytes | os.PathLike | str, steps: int | None = None, temperature: float = 0.0,
+               seed: int = 0, model: str | None = None, device: str = "auto") -> "Image.Image":
+    """Decode a ``.cdr`` file (its bytes or its path) to an RGB PIL image.
+
+    Args:
+        steps: decode only the first ``steps`` stored groups.
+        temperature: groups not decoded come from the prior mean (0) or a
+            sample at this temperature, seeded by ``seed``.
+        model: decode with this model instead of the one named in the file
+            (it must have the same weights).
+    """
+    from PIL import Image
+    from . import codec
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        with open(data, "rb") as f:
+            data = f.read()
+    rgb = codec.decode(unpack(bytes(data)), model=model, steps=steps, temperature=temperature,
+                       seed=seed, device=device)
+    return Image.fromarray(rgb, "RGB")
+
+
+def cut(data: bytes, steps: int | None = None, max_bytes: int | None = None) -> bytes:
+    """Cut a ``.cdr`` file to fewer groups without re-encoding."""
+    cdr = unpack(bytes(data))
+    if steps is not None:
+        cdr = truncate(cdr, steps)
+    if max_bytes is not None:
+        cdr = fit_to_budget(cdr, max_bytes)
+    return pack(cdr)
+
+
+def models() -> list[str]:
+    """Names of the installed models."""
+    from .zoo import list_models
+    return list_models()

@@ -1,0 +1,176 @@
+"""Image -> latent groups -> bytes, and back.
+
+Both directions run ``_walk``: one loop over the model's latent groups. For
+stored groups the encoder quantizes its posterior and the decoder reads the
+same integers back; for the others both regenerate from the prior. The
+encoder therefore tracks exactly the state the decoder will have.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import entropy
+from .container import CdrFile, ContainerError, Header, overhead_bytes, pack, unpack
+from .nets.layers import gaussian_bits
+from .zoo import ModelError, load_model
+
+
+class DesyncError(Exception):
+    """The decoder's model produced different probabilities than the encoder's."""
+
+
+@dataclass
+class Encoded:
+    data: bytes                    # the .cdr file
+    cdr: CdrFile
+    estimated_bits: list[float]    # the model's own estimate per stored group
+    model_name: str
+
+    @property
+    def estimated_bytes(self) -> float:
+        """Container overhead (exact) plus the model's estimate of the payload."""
+        return overhead_bytes(self.model_name, len(self.cdr.chunks)) + sum(self.estimated_bits) / 8
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def _digest8(info: dict) -> bytes:
+    return bytes.fromhex(info["sha256"])[:8]
+
+
+def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        # Replicate the border: reflect needs pad < size, which 1-pixel images break.
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+Take = Callable[[int, object, torch.Tensor, torch.Tensor, np.ndarray], np.ndarray]
+
+
+def _walk(model, height: int, width: int, stored: int, take: Take, device,
+          temperature: float = 0.0, seed: int = 0, render: bool = True):
+    """The loop both sides share. ``take(g, state, mu_p, scale, idx)`` returns
+    the integer offsets of stored group g (encoder: quantize and code them;
+    decoder: decode them). Returns the reconstruction in [0, 1] at the padded
+    size, or None when ``render`` is False (the encoder then stops after the
+    last stored group: nothing after it changes the file)."""
+    st, _ = model.init_state(1, height, width, device)
+    w = model.width()
+    gen = torch.Generator().manual_seed(seed)
+    for g in range(model.num_groups if render else stored):
+        mu_p, sigma_p = model.prior(st)
+        if g < stored:
+            scale = sigma_p / w
+            idx = entropy.scale_index(scale.cpu().numpy())
+            k = take(g, st, mu_p, scale, idx)
+            z = mu_p + w * torch.from_numpy(k).to(device=device, dtype=mu_p.dtype)
+        elif temperature > 0:
+            eps = torch.randn(mu_p.shape, generator=gen).to(device)
+            z = mu_p + temperature * sigma_p * eps
+        else:
+            z = mu_p
+        if render or g + 1 < stored:
+            st = model.update(st, z)
+    return model.render(st) if render else None
+
+
+def _to_uint8(x: torch.Tensor, h: int, w: int) -> np.ndarray:
+    x = x[0, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
+           device: str = "auto", reconstruct: bool = False):
+    """HxWx3 uint8 -> Encoded (and the decoder's reconstruction if asked)."""
+    net, info = load_model(model)
+    dev = pick_device(device)
+    net = net.to(dev)
+    h, w = rgb.shape[:2]
+    stored = net.num_groups if steps is None else max(0, min(int(steps), net.num_groups))
+    chunks, crcs, est = [], [], []
+    with torch.inference_mode():
+        x01 = torch.from_numpy(rgb).to(dev).permute(2, 0, 1)[None].float().div(255)
+        x01 = _pad(x01, net.cfg.stride)
+        ctx = net.begin(x01)
+        _, enc_state = net.init_state(1, *x01.shape[-2:], dev)
+        width = net.width()
+        state = {"enc": enc_state}
+
+        def take(g, st, mu_p, scale, idx):
+            mu_q, state["enc"] = net.posterior(ctx, st, state["enc"])
+            k = torch.round((mu_q - mu_p) / width).clamp_(-entropy.SYMBOL_MAX, entropy.SYMBOL_MAX)
+            est.append(float(gaussian_bits(k, scale).sum()))
+            k = k.to(torch.int32).cpu().numpy()
+            chunks.append(entropy.encode(k, idx))
+            crcs.append(entropy.symbol_crc(k))
+            return k
+
+        out = _walk(net, x01.shape[-2], x01.shape[-1], stored, take, dev, render=reconstruct)
+    cdr = CdrFile(Header(info["name"], _digest8(info), w, h, net.num_groups, stored), chunks, crcs)
+    encoded = Encoded(pack(cdr), cdr, est, info["name"])
+    return (encoded, _to_uint8(out, h, w)) if reconstruct else encoded
+
+
+def model_for(cdr: CdrFile, model: str | None = None):
+    """Load the model a file was made with (or ``model``) and check its identity."""
+    name = model or cdr.header.model_name
+    try:
+        net, info = load_model(name)
+    except ModelError as e:
+        if model is None:
+            raise ModelError(f"file was made by model {cdr.header.model_name!r}, "
+                             f"which is not installed ({e})") from None
+        raise
+    if _digest8(info) != cdr.header.model_digest:
+        raise ModelError(f"file was made by model {cdr.header.model_name!r} "
+                         f"(weights {cdr.header.model_digest.hex()}), but the model loaded is "
+                         f"{info['name']!r} (weights {_digest8(info).hex()}): cannot decode with a different model")
+    if net.num_groups != cdr.header.groups_total:
+        raise ContainerError("corrupted .cdr header (group count does not match the model)")
+    return net, info
+
+
+def decode(data: bytes | CdrFile, model: str | None = None, steps: int | None = None,
+           temperature: float = 0.0, seed: int = 0, device: str = "auto") -> np.ndarray:
+    """A .cdr file -> HxWx3 uint8. ``steps`` decodes only the first groups of
+    the file; groups not decoded are regenerated from the prior (its mean when
+    ``temperature`` is 0, else a sample seeded by ``seed``)."""
+    cdr = data if isinstance(data, CdrFile) else unpack(data)
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError("temperature must be a finite number >= 0")
+    net, _ = model_for(cdr, model)
+    dev = pick_device(device)
+    net = net.to(dev)
+    hd = cdr.header
+    stored = len(cdr.chunks) if steps is None else max(0, min(int(steps), len(cdr.chunks)))
+    s = net.cfg.stride
+    ph, pw = hd.height + (-hd.height) % s, hd.width + (-hd.width) % s
+
+    def take(g, st, mu_p, scale, idx):
+        try:
+            k = entropy.decode(cdr.chunks[g], idx)
+        except entropy.StreamError as e:
+            raise ContainerError(f"corrupted .cdr file (group {g + 1}: {e})") from None
+        if entropy.symbol_crc(k) != cdr.symbol_crcs[g]:
+            raise DesyncError(f"group {g + 1} decoded out of step with the encoder: this machine's "
+                              "model computes different probabilities (check the model version)")
+        return k
+
+    with torch.inference_mode():
+        out = _walk(net, ph, pw, stored, take, dev, temperature, seed)
+    return _to_uint8(out, hd.height, hd.width)

@@ -1,0 +1,169 @@
+"""The .cdr container: parsing and writing only (no torch, no constriction).
+
+All integers are little-endian. Version 1 layout:
+
+    offset  size  field
+    0       4     magic            b"\\x89CDR" (the high bit catches 7-bit mangling)
+    4       1     version          1
+    5       1     flags            0 (reserved; a reader refuses unknown bits)
+    6       1     name_len         n, 1..64
+    7       n     model name       UTF-8
+    7+n     8     model digest     first 8 bytes of SHA-256 of the weights file
+    15+n    4     width            pixels, 1..MAX_SIDE
+    19+n    4     height           pixels, 1..MAX_SIDE
+    23+n    1     groups_total     latent groups of the model, 1..255
+    24+n    1     groups_stored    0..groups_total
+    25+n    4     header CRC-32    of bytes [0, 25+n)
+    then groups_stored entries of 8 bytes:
+            4     chunk length     bytes, a multiple of 4
+            4     symbol CRC-32    CRC-32 of the group's decoded symbols (int32 LE):
+                                   a decoder whose model drifted from the encoder's
+                                   fails this check instead of showing a wrong picture
+    then the chunks, in group order (range-coder words, uint32 LE)
+    last    4     file CRC-32      of every byte before it
+
+Groups come in generation order, so cutting a file to its first t groups
+(``truncate``) keeps a valid file: drop trailing chunks and table entries,
+rewrite groups_stored and both CRCs.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+MAGIC = b"\x89CDR"
+VERSION = 1
+MAX_SIDE = 1 << 16           # largest width or height a file may declare
+MAX_PIXELS = 1 << 28         # largest width*height a file may declare (268 MP)
+MAX_NAME = 64
+_FIXED = struct.Struct("<4sBBB")
+_DIMS = struct.Struct("<8sIIBB")
+_U32 = struct.Struct("<I")
+_ENTRY = struct.Struct("<II")
+
+
+class ContainerError(Exception):
+    """The bytes are not a valid .cdr file; the message says why."""
+
+
+@dataclass
+class Header:
+    model_name: str
+    model_digest: bytes          # 8 bytes
+    width: int
+    height: int
+    groups_total: int
+    groups_stored: int = 0
+
+
+@dataclass
+class CdrFile:
+    header: Header
+    chunks: list[bytes] = field(default_factory=list)
+    symbol_crcs: list[int] = field(default_factory=list)
+
+    @property
+    def group_bytes(self) -> list[int]:
+        return [len(c) for c in self.chunks]
+
+
+def _crc(b: bytes) -> int:
+    return zlib.crc32(b) & 0xFFFFFFFF
+
+
+def pack(f: CdrFile) -> bytes:
+    h = f.header
+    name = h.model_name.encode("utf-8")
+    if not 1 <= len(name) <= MAX_NAME:
+        raise ContainerError(f"model name must be 1..{MAX_NAME} bytes")
+    if len(h.model_digest) != 8:
+        raise ContainerError("model digest must be 8 bytes")
+    if len(f.chunks) != len(f.symbol_crcs) or not 0 <= len(f.chunks) <= h.groups_total <= 255:
+        raise ContainerError("inconsistent group count")
+    _check_dims(h.width, h.height)
+    head = (_FIXED.pack(MAGIC, VERSION, 0, len(name)) + name
+            + _DIMS.pack(h.model_digest, h.width, h.height, h.groups_total, len(f.chunks)))
+    out = bytearray(head + _U32.pack(_crc(head)))
+    for c, s in zip(f.chunks, f.symbol_crcs):
+        if len(c) % 4:
+            raise ContainerError("chunk length must be a multiple of 4")
+        out += _ENTRY.pack(len(c), s)
+    for c in f.chunks:
+        out += c
+    out += _U32.pack(_crc(bytes(out)))
+    return bytes(out)
+
+
+def _check_dims(w: int, h: int):
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE and w * h <= MAX_PIXELS):
+        raise ContainerError(f"image size {w}x{h} is out of range "
+                             f"(at most {MAX_SIDE} per side and {MAX_PIXELS} pixels)")
+
+
+def unpack(data: bytes) -> CdrFile:
+    """Parse and verify a whole file; raises ContainerError with the reason."""
+    data = bytes(data)
+    if len(data) == 0:
+        raise ContainerError("empty file")
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise ContainerError("not a .cdr file (bad magic)")
+    if len(data) < _FIXED.size:
+        raise ContainerError("truncated .cdr file (header cut short)")
+    _, version, flags, n = _FIXED.unpack_from(data, 0)
+    if version != VERSION:
+        raise ContainerError(f"unsupported .cdr version {version} (this convcodec reads version {VERSION})")
+    if flags != 0:
+        raise ContainerError(f"unsupported .cdr flags 0x{flags:02x}")
+    if not 1 <= n <= MAX_NAME:
+        raise ContainerError("corrupted .cdr header (model name length out of range)")
+    off = _FIXED.size + n
+    if len(data) < off + _DIMS.size + 4:
+        raise ContainerError("truncated .cdr file (header cut short)")
+    head_end = off + _DIMS.size
+    (crc,) = _U32.unpack_from(data, head_end)
+    if crc != _crc(data[:head_end]):
+        raise ContainerError("corrupted .cdr header (checksum mismatch)")
+    try:
+        name = data[_FIXED.size:off].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContainerError("corrupted .cdr header (model name is not UTF-8)") from None
+    digest, w, h, total, stored = _DIMS.unpack_from(data, off)
+    try:
+        _check_dims(w, h)
+    except ContainerError as e:
+        raise ContainerError(f"corrupted .cdr header ({e})") from None
+    if total == 0 or stored > total:
+        raise ContainerError(f"corrupted .cdr header ({stored} of {total} groups)")
+    pos = head_end + 4
+    if len(data) < pos + stored * _ENTRY.size + 4:
+        raise ContainerError("truncated .cdr file (group table cut short)")
+    entries = [_ENTRY.unpack_from(data, pos + i * _ENTRY.size) for i in range(stored)]
+    pos += stored * _ENTRY.size
+    need = pos + sum(length for length, _ in entries) + 4
+    if len(data) < need:
+        raise ContainerError(f"truncated .cdr file ({len(data)} of {need} bytes)")
+    if len(data) > need:
+        raise ContainerError(f"corrupted .cdr file ({len(data) - need} unexpected trailing bytes)")
+    (fcrc,) = _U32.unpack_from(data, need - 4)
+    if fcrc != _crc(data[:need - 4]):
+        raise ContainerError("corrupted .cdr file (checksum mismatch)")
+    chunks = []
+    for length, _ in entries:
+        if length % 4:
+            raise ContainerError("corrupted .cdr file (chunk length not a multiple of 4)")
+        chunks.append(data[pos:pos + length])
+        pos += length
+    return CdrFile(Header(name, digest, w, h, total, stored), chunks, [s for _, s in entries])
+
+
+def truncate(f: CdrFile, groups: int) -> CdrFile:
+    """The same file keeping only its first ``groups`` groups (no re-encoding)."""
+    g = max(0, min(groups, len(f.chunks)))
+    h = Header(**{**f.header.__dict__, "groups_stored": g})
+    return CdrFile(h, f.chunks[:g], f.symbol_crcs[:g])
+
+
+def overhead_bytes(name: str, groups: int) -> int:
+    """Container bytes that are not range-coder payload."""
+    return _FIXED.size + len(name.encode("utf-8")) + _DIMS.size + 4 + groups * _ENTRY.size + 4

@@ -1,0 +1,73 @@
+"""Entropy coding of latent groups; the only module that imports constriction.
+
+Each latent is coded as an integer offset k = round((mu_q - mu_p) / width) from
+the prior mean, under a zero-mean Gaussian of the prior's scale quantized to
+unit bins. Two choices make the stream robust to tiny float differences between
+the encoder's and the decoder's networks:
+  * the mean is 0, so a slightly different mu_p changes the reconstruction by
+    that tiny amount but never the probabilities the coder uses;
+  * the scale is snapped to a fixed table of SCALES (log-spaced), so the
+    coder's model is an integer index into a table both sides share.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from .nets.layers import SCALE_MAX, SCALE_MIN
+
+NUM_SCALES = 64
+SCALES = np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES))
+SYMBOL_MAX = 1023          # offsets are clamped to [-SYMBOL_MAX, SYMBOL_MAX]
+
+_LOG_MIN = math.log(SCALE_MIN)
+_LOG_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)
+
+
+class StreamError(Exception):
+    """A chunk cannot be decoded (damaged or cut)."""
+
+
+def scale_index(scale: np.ndarray) -> np.ndarray:
+    """Nearest table entry in the log domain, as uint8 indices."""
+    s = np.clip(np.asarray(scale, dtype=np.float64), SCALE_MIN, SCALE_MAX)
+    return np.clip(np.rint((np.log(s) - _LOG_MIN) / _LOG_STEP), 0, NUM_SCALES - 1).astype(np.uint8)
+
+
+def _family():
+    import constriction
+    return constriction.stream.model.QuantizedGaussian(-SYMBOL_MAX, SYMBOL_MAX)
+
+
+def encode(symbols: np.ndarray, idx: np.ndarray) -> bytes:
+    """Range-code int offsets ``symbols`` with scales ``SCALES[idx]``."""
+    import constriction
+    sym = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
+    std = SCALES[np.asarray(idx).ravel()]
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym, _family(), np.zeros_like(std), std)
+    return enc.get_compressed().astype("<u4").tobytes()
+
+
+def decode(data: bytes, idx: np.ndarray) -> np.ndarray:
+    """Inverse of ``encode``; returns int32 offsets shaped like ``idx``."""
+    import constriction
+    if len(data) % 4:
+        raise StreamError("chunk length is not a whole number of 32-bit words")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    std = SCALES[np.asarray(idx).ravel()]
+    try:
+        dec = constriction.stream.queue.RangeDecoder(words)
+        out = dec.decode(_family(), np.zeros_like(std), std)
+    except BaseException as e:  # constriction raises plain exceptions on invalid data
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        raise StreamError(f"range decoder failed: {e}") from None
+    return np.asarray(out, dtype=np.int32).reshape(np.shape(idx))
+
+
+def symbol_crc(symbols: np.ndarray) -> int:
+    """CRC-32 of the symbols as little-endian int32: what the decoder must reproduce."""
+    return zlib.crc32(np.ascontiguousarray(symbols, dtype="<i4").tobytes()) & 0xFFFFFFFF

@@ -1,0 +1,130 @@
+"""Model registry: build a backbone from its config, save and load weights.
+
+A model is two files side by side: ``<name>.safetensors`` (weights, no pickle;
+its metadata carries the config, so the model is rebuilt from the file alone)
+and ``<name>.json`` (the card: config, training record, measured numbers, and
+the SHA-256 of the weights file, checked on load).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+def _models_dir() -> Path:
+    # Installed: the package convcodec.models (mapped from the repo's models/).
+    try:
+        from importlib.resources import files
+        return Path(str(files("convcodec.models")))
+    except (ImportError, ModuleNotFoundError, TypeError):
+        return Path(__file__).resolve().parent.parent / "models"
+
+
+MODELS_DIR = _models_dir()
+DEFAULT_MODEL = "convdraw-base"
+
+
+class ModelError(Exception):
+    """A model cannot be found, or its files are inconsistent."""
+
+
+def config_from_dict(d: dict):
+    backbone = d.get("backbone", "convdraw")
+    if backbone == "convdraw":
+        from .nets.convdraw import ConvDrawConfig
+        return ConvDrawConfig.from_dict({**ConvDrawConfig().to_dict(), **d})
+    raise ModelError(f"unknown backbone {backbone!r}")
+
+
+def build_model(cfg):
+    if cfg.backbone == "convdraw":
+        from .nets.convdraw import ConvDraw
+        return ConvDraw(cfg)
+    raise ModelError(f"unknown backbone {cfg.backbone!r}")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(model, prefix: str | os.PathLike, card: dict) -> dict:
+    """Write ``prefix.safetensors`` and ``prefix.json``; returns the card."""
+    from safetensors.torch import save_file
+    prefix = str(prefix)
+    cfg = model.cfg.to_dict()
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    tmp = prefix + ".safetensors.tmp"
+    save_file(state, tmp, metadata={"config": json.dumps(cfg, sort_keys=True),
+                                    "name": str(card.get("name", Path(prefix).name))})
+    os.replace(tmp, prefix + ".safetensors")
+    card = {**card, "config": cfg, "sha256": file_digest(prefix + ".safetensors"),
+            "parameters": sum(v.numel() for v in state.values())}
+    with open(prefix + ".json.tmp", "w") as f:
+        json.dump(card, f, indent=2)
+    os.replace(prefix + ".json.tmp", prefix + ".json")
+    return card
+
+
+def resolve(name_or_path: str | None) -> Path:
+    """A model name from the registry, or a path to a .safetensors file."""
+    name_or_path = name_or_path or DEFAULT_MODEL
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or os.sep in name_or_path:
+        if not p.exists():
+            raise ModelError(f"model file not found: {name_or_path}")
+        return p
+    cand = MODELS_DIR / f"{name_or_path}.safetensors"
+    if not cand.exists():
+        avail = ", ".join(list_models()) or "none"
+        raise ModelError(f"unknown model {name_or_path!r} (available: {avail})")
+    return cand
+
+
+def list_models() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.safetensors"))
+
+
+def read_card(weights: Path) -> dict:
+    card_path = weights.with_suffix(".json")
+    if not card_path.exists():
+        raise ModelError(f"model card missing: {card_path}")
+    with open(card_path) as f:
+        return json.load(f)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, mtime: float):
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    weights = Path(path)
+    card = read_card(weights)
+    digest = file_digest(weights)
+    if card.get("sha256") != digest:
+        raise ModelError(f"model weights {weights.name} do not match their card (sha256 differs)")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
+    cfg = config_from_dict(json.loads(meta["config"]))
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    name = meta.get("name", weights.stem)
+    return model, {"name": name, "sha256": digest, "card": card}
+
+
+def load_model(name_or_path: str | None = None):
+    """Return ``(model, info)``; models are cached, so repeated calls are cheap."""
+    p = resolve(name_or_path)
+    return _load(str(p.resolve()), p.stat().st_mtime)

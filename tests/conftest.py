@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+
+from convcodec import zoo
+from convcodec.nets.convdraw import ConvDraw, ConvDrawConfig
+
+# Tiny models run fastest on one thread, and a second thread only fights any
+# other job on a 2-core machine (a training run, CI's neighbours).
+torch.set_num_threads(1)
+
+TINY = ConvDrawConfig(steps=4, latent=4, hidden=16, enc_hidden=8, reader=(8, 8, 16), writer=(16, 8, 8))
+
+
+def make_tiny(path, seed=0, name="tiny", **over):
+    torch.manual_seed(seed)
+    cfg = ConvDrawConfig(**{**TINY.to_dict(), **over, "reader": TINY.reader, "writer": TINY.writer})
+    m = ConvDraw(cfg)
+    # Random init codes near-zero offsets; a fine quantization grid makes the
+    # tests exercise real symbols in the coder, not only zeros.
+    with torch.no_grad():
+        m.log_width.fill_(-4.0)
+    zoo.save_model(m, path, {"name": name})
+    return str(path) + ".safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory):
+    """Same architecture and name, different weights: a file from 'another model'."""
+    return make_tiny(tmp_path_factory.mktemp("models2") / "tiny", seed=1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def smooth_image(h, w, seed=0):
+    """A photo-like test image: smooth gradients plus texture."""
+    r = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([128 + 100 * np.sin(xx / 9.0 + c) * np.cos(yy / 7.0 - c) for c in range(3)], -1)
+    img += r.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)

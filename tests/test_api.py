@@ -1,0 +1,84 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import convcodec
+from convcodec import container
+from convcodec.api import RateError
+
+from .conftest import smooth_image
+
+
+@pytest.fixture
+def img():
+    return smooth_image(26, 37, seed=7)
+
+
+def test_compress_accepts_paths_arrays_pil_and_bytes(tmp_path, img, tiny_model):
+    p = tmp_path / "a.png"
+    Image.fromarray(img).save(p)
+    outs = {convcodec.compress(x, model=tiny_model, steps=2)
+            for x in (str(p), p, p.read_bytes(), Image.fromarray(img), img, img.astype(np.float32) / 255)}
+    assert len(outs) == 1
+    back = convcodec.decompress(outs.pop(), model=tiny_model)
+    assert isinstance(back, Image.Image) and back.mode == "RGB" and back.size == (37, 26)
+
+
+def test_decompress_from_a_path(tmp_path, img, tiny_model):
+    p = tmp_path / "a.cdr"
+    p.write_bytes(convcodec.compress(img, model=tiny_model))
+    assert convcodec.decompress(p, model=tiny_model).size == (37, 26)
+
+
+def test_max_bytes_gives_the_longest_prefix_that_fits(img, tiny_model):
+    full = convcodec.compress(img, model=tiny_model)
+    sizes = [len(convcodec.compress(img, model=tiny_model, steps=t)) for t in range(1, 5)]
+    for budget in (sizes[0], sizes[1] + 1, sizes[2] - 1, len(full) + 100):
+        data = convcodec.compress(img, model=tiny_model, max_bytes=budget)
+        assert len(data) <= budget
+        want = max(t for t in range(1, 5) if sizes[t - 1] <= budget)
+        assert container.unpack(data).header.groups_stored == want
+    with pytest.raises(RateError, match="cannot fit"):
+        convcodec.compress(img, model=tiny_model, max_bytes=sizes[0] - 1)
+
+
+def test_bpp_target(img, tiny_model):
+    full = convcodec.compress(img, model=tiny_model)
+    target = 8 * len(full) / (26 * 37) * 0.8
+    data = convcodec.compress(img, model=tiny_model, bpp=target)
+    assert 8 * len(data) / (26 * 37) <= target
+
+
+def test_cut_and_decompress_steps_agree(img, tiny_model):
+    full = convcodec.compress(img, model=tiny_model)
+    two = convcodec.cut(full, steps=2)
+    assert two == convcodec.compress(img, model=tiny_model, steps=2)
+    a = np.asarray(convcodec.decompress(two, model=tiny_model))
+    b = np.asarray(convcodec.decompress(full, model=tiny_model, steps=2))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pillow_plugin_open_and_save(tmp_path, img, tiny_model):
+    p = tmp_path / "x.cdr"
+    Image.fromarray(img).save(p, steps=3, model=tiny_model)
+    assert container.unpack(p.read_bytes()).header.groups_stored == 3
+    im = Image.open(p)
+    assert im.format == "CDR" and im.size == (37, 26) and im.mode == "RGB"
+    assert im.info["groups"] == (3, 4)
+    im.decode_options = {"model": tiny_model}
+    arr = np.asarray(im)
+    np.testing.assert_array_equal(arr, np.asarray(convcodec.decompress(p.read_bytes(), model=tiny_model)))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="CDR", model=tiny_model, steps=1)
+    assert container.unpack(buf.getvalue()).header.groups_stored == 1
+
+
+def test_pillow_plugin_reports_corruption(tmp_path, img, tiny_model):
+    p = tmp_path / "x.cdr"
+    data = bytearray(convcodec.compress(img, model=tiny_model))
+    data[-3] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(container.ContainerError, match="checksum"):
+        Image.open(p)
