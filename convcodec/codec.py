@@ -104,7 +104,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
     stored = net.num_groups if steps is None else max(0, min(int(steps), net.num_groups))
     chunks, crcs, est = [], [], []
     with torch.inference_mode():
-        x01 = torch.from_numpy(rgb).to(dev).permute(2, 0, 1)[None].float().div(255)
+        x01 = torch.tensor(rgb, device=dev).permute(2, 0, 1)[None].float().div(255)  # copy: input may be read-only
         x01 = _pad(x01, net.cfg.stride)
         ctx = net.begin(x01)
         _, enc_state = net.init_state(1, *x01.shape[-2:], dev)

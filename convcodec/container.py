@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 MAGIC = b"\x89CDR"
 VERSION = 1
 MAX_SIDE = 1 << 16           # largest width or height a file may declare
-MAX_PIXELS = 1 << 28         # largest width*height a file may declare (268 MP)
+MAX_PIXELS = 1 << 26         # largest width*height a file may declare (67 MP): bounds a hostile header's cost
 MAX_NAME = 64
 _FIXED = struct.Struct("<4sBBB")
 _DIMS = struct.Struct("<8sIIBB")

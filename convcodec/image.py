@@ -85,7 +85,7 @@ def load_image(src) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file Pillow can read") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: refused as a decompression bomb ({e})") from None
+        raise ImageError(f"{name}: image is too large, refused as a possible decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 

@@ -34,3 +34,45 @@ def interp_curve(bpps, psnrs, at: float) -> float | None:
     if at < x[0] or at > x[-1]:
         return None
     return float(np.interp(at, x, y))
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper envelope of (bpp, quality) points: those no other point beats
+    with fewer bits and at least the same quality. Sorted by bpp."""
+    out, best = [], -float("inf")
+    for b, q in sorted(points, key=lambda p: (p[0], -p[1])):
+        if q > best:
+            out.append((b, q))
+            best = q
+    return out
+
+
+def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float | None:
+    """Bjontegaard delta rate (%) of ``test`` against ``anchor``: the average
+    bitrate difference at equal quality over the overlapping quality range.
+    Curves are (bpp, quality) points; log-rate is interpolated as a function
+    of quality with PCHIP (as in the JVET/AOM tools), and integrated exactly.
+    Negative means ``test`` needs fewer bits. None if the ranges do not overlap."""
+    from scipy.interpolate import PchipInterpolator
+
+    def prep(pts):
+        pts = pareto(pts)
+        q = np.array([p[1] for p in pts]); r = np.log(np.array([p[0] for p in pts]))
+        return q, r
+
+    qa, ra = prep(anchor)
+    qt, rt = prep(test)
+    if len(qa) < 2 or len(qt) < 2:
+        return None
+    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
+    if hi <= lo:
+        return None
+    ia = PchipInterpolator(qa, ra).antiderivative()
+    it = PchipInterpolator(qt, rt).antiderivative()
+    avg = ((it(hi) - it(lo)) - (ia(hi) - ia(lo))) / (hi - lo)
+    return float((np.exp(avg) - 1) * 100)
+
+
+def msssim_db(v: float) -> float:
+    """MS-SSIM on the dB scale used for BD-rates: -10 log10(1 - MS-SSIM)."""
+    return float(-10 * np.log10(max(1e-10, 1 - v)))

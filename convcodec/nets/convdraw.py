@@ -65,6 +65,15 @@ class EncoderState:
     c: torch.Tensor
 
 
+# Inference on big images runs the full-resolution parts (reader, writer) in
+# bands of this many pixel rows, so memory stays bounded (issue: 12 MP < 2 GiB).
+# A band carries a halo wider than the receptive field of those parts, so the
+# result is the same as one pass over the whole image: no seams.
+BAND_ROWS = 256
+READER_HALO = 16        # pixels; reader receptive field reaches 14
+WRITER_HALO = 2         # latent rows; writer receptive field reaches < 2
+
+
 class ConvDraw(nn.Module):
     def __init__(self, cfg: ConvDrawConfig):
         super().__init__()
@@ -113,14 +122,43 @@ class ConvDraw(nn.Module):
 
     def posterior(self, x: torch.Tensor, st: DecoderState, enc: EncoderState):
         """Mean of q(z_t | x, z_<t) and the encoder's next state (encoder only)."""
-        e = x - st.canvas
-        inp = torch.cat([self.read(torch.cat([x, e], 1)), st.h.to(self._dtype(st.h))], 1)
+        inp = torch.cat([self._read_image(x, st.canvas), st.h.to(self._dtype(st.h))], 1)
         h, c = self.enc(inp, enc.h, enc.c)
         return self.q_head(h).float(), EncoderState(h, c)
 
     def update(self, st: DecoderState, z: torch.Tensor) -> DecoderState:
         h, c = self.dec(z.to(self._dtype(z)), st.h, st.c)
-        return DecoderState(h, c, st.canvas + self.write(h).float())
+        return DecoderState(h, c, self._write_canvas(st.canvas, h))
+
+    def _banded(self, rows: int) -> bool:
+        return not torch.is_grad_enabled() and rows > BAND_ROWS + 2 * READER_HALO
+
+    def _read_image(self, x: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+        """read([x, e]) with e = x - canvas, the error image."""
+        rows, s = x.shape[-2], self.cfg.stride
+        if not self._banded(rows):
+            return self.read(torch.cat([x, x - canvas], 1))
+        out = []
+        for a in range(0, rows, BAND_ROWS):
+            b = min(rows, a + BAND_ROWS)
+            lo, hi = max(0, a - READER_HALO), min(rows, b + READER_HALO)
+            xb = x[..., lo:hi, :]
+            f = self.read(torch.cat([xb, xb - canvas[..., lo:hi, :]], 1))
+            out.append(f[..., (a - lo) // s:(b - lo) // s, :])
+        return torch.cat(out, -2)
+
+    def _write_canvas(self, canvas: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """canvas + W(h_dec); in place, band by band, when not training."""
+        s = self.cfg.stride
+        if not self._banded(canvas.shape[-2]):
+            return canvas + self.write(h).float()
+        rows, band = h.shape[-2], BAND_ROWS // s
+        for a in range(0, rows, band):
+            b = min(rows, a + band)
+            lo, hi = max(0, a - WRITER_HALO), min(rows, b + WRITER_HALO)
+            w = self.write(h[..., lo:hi, :]).float()
+            canvas[..., a * s:b * s, :] += w[..., (a - lo) * s:(b - lo) * s, :]
+        return canvas
 
     def render(self, st: DecoderState) -> torch.Tensor:
         """Canvas -> image in [0, 1] (images are centred at 0 inside the model)."""

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from convcodec.metrics import bd_rate, interp_curve, pareto, psnr
+
+
+def test_psnr():
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy(); b[0, 0, 0] = 16
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / (256 / 48)))
+    assert psnr(a, a) == float("inf")
+
+
+def test_bd_rate_of_a_scaled_curve_is_the_scale():
+    pts = [(0.1, 25.0), (0.25, 28.0), (0.5, 31.0), (1.0, 34.0)]
+    half = [(b * 0.5, q) for b, q in pts]
+    assert bd_rate(pts, half) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(pts, pts) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(half, pts) == pytest.approx(100.0, abs=1e-6)
+
+
+def test_bd_rate_needs_overlap():
+    assert bd_rate([(0.1, 20), (0.2, 21)], [(0.1, 30), (0.2, 31)]) is None
+
+
+def test_pareto_and_interp():
+    assert pareto([(0.5, 30), (0.4, 31), (0.6, 29), (0.7, 33)]) == [(0.4, 31), (0.7, 33)]
+    assert interp_curve([0.1, 0.3], [20, 30], 0.2) == pytest.approx(25)
+    assert interp_curve([0.1, 0.3], [20, 30], 0.05) is None

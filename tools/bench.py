@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Speed benchmark: median seconds per image to encode and decode with the
+default model at 1, 4, 8 and all steps, with 1 and 2 CPU threads, split into
+network time and entropy-coding time; peak memory; Pillow's JPEG2000 and
+AVIF timed in the same run as the yardstick. Prints a table, writes JSON.
+
+    python tools/bench.py --images ../shared/data/kodak --limit 6 --json results/bench.json
+
+Each thread count runs in its own process so that thread pools and peak
+memory are measured cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import io, json, resource, sys, time
+import numpy as np, torch
+threads, model, paths = int(sys.argv[1]), (sys.argv[2] or None), sys.argv[3:]
+torch.set_num_threads(threads)
+from PIL import Image
+from convcodec import codec, entropy
+from convcodec.image import load_image
+spent = {"t": 0.0}
+def timed(f):
+    def g(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            spent["t"] += time.perf_counter() - t0
+    return g
+entropy.encode, entropy.decode = timed(entropy.encode), timed(entropy.decode)
+net, info = codec.load_model(model)
+T = net.num_groups
+steps = sorted({s for s in (1, 4, 8, T) if s <= T})
+imgs = [load_image(p) for p in paths]
+codec.decode(codec.encode(imgs[0][:64, :64], model=model).data)       # warm-up
+res = {"threads": threads, "model": info["name"], "steps": {}}
+for s in steps:
+    enc_t, enc_e, dec_t, dec_e = [], [], [], []
+    for rgb in imgs:
+        spent["t"] = 0.0; t0 = time.perf_counter()
+        e = codec.encode(rgb, model=model, steps=s)
+        enc_t.append(time.perf_counter() - t0); enc_e.append(spent["t"])
+        spent["t"] = 0.0; t0 = time.perf_counter()
+        codec.decode(e.data)
+        dec_t.append(time.perf_counter() - t0); dec_e.append(spent["t"])
+    med = lambda v: round(float(np.median(v)), 4)
+    res["steps"][s] = {"encode_s": med(enc_t), "encode_entropy_s": med(enc_e),
+                       "encode_network_s": med(np.subtract(enc_t, enc_e)),
+                       "decode_s": med(dec_t), "decode_entropy_s": med(dec_e),
+                       "decode_network_s": med(np.subtract(dec_t, dec_e))}
+yard = {}
+for name, fmt, params in (("JPEG2000 0.5 bpp", "JPEG2000", {"quality_mode": "rates", "quality_layers": [48], "irreversible": True}),
+                          ("AVIF q50", "AVIF", {"quality": 50})):
+    et, dt = [], []
+    for rgb in imgs:
+        buf = io.BytesIO(); t0 = time.perf_counter()
+        Image.fromarray(rgb).save(buf, format=fmt, **params); et.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); Image.open(io.BytesIO(buf.getvalue())).load(); dt.append(time.perf_counter() - t0)
+    yard[name] = {"encode_s": round(float(np.median(et)), 4), "decode_s": round(float(np.median(dt)), 4)}
+res["yardsticks"] = yard
+res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps(res))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", default="../shared/data/kodak")
+    ap.add_argument("--limit", type=int, default=6, help="images per measurement (median over them)")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
+    if not paths:
+        sys.exit(f"no PNG images in {a.images}")
+    runs = []
+    for th in a.threads.split(","):
+        r = subprocess.run([sys.executable, "-c", CHILD, th, a.model, *paths], capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(r.stderr)
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    print(f"model {runs[0]['model']}, {len(paths)} Kodak images (768x512), median seconds per image"
+          + ("" if cuda else "; no CUDA device here"))
+    print("| threads | steps | encode s (network + entropy) | decode s (network + entropy) |")
+    print("|---:|---:|---|---|")
+    for r in runs:
+        for s, v in r["steps"].items():
+            print(f"| {r['threads']} | {s} | {v['encode_s']:.3f} ({v['encode_network_s']:.3f} + {v['encode_entropy_s']:.3f}) "
+                  f"| {v['decode_s']:.3f} ({v['decode_network_s']:.3f} + {v['decode_entropy_s']:.3f}) |")
+    print("\nyardsticks (Pillow, same run):")
+    for r in runs:
+        for name, v in r["yardsticks"].items():
+            print(f"  {r['threads']} thread(s) {name}: encode {v['encode_s']:.3f} s, decode {v['decode_s']:.3f} s")
+    print("peak RSS: " + ", ".join(f"{r['threads']} thread(s) {r['peak_rss_mib']} MiB" for r in runs))
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump({"images": [os.path.basename(p) for p in paths], "runs": runs, "cuda": cuda}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
