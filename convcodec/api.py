@@ -23,7 +23,11 @@ ImageLike = Union[str, os.PathLike, bytes, "Image.Image", "np.ndarray"]
 
 
 class RateError(ValueError):
-    """No file of the asked size can be made."""
+    """No file of the asked size can be made; ``smallest`` is the smallest possible."""
+
+    def __init__(self, msg: str, smallest: int = 0):
+        super().__init__(msg)
+        self.smallest = smallest
 
 
 def fit_to_budget(cdr: CdrFile, max_bytes: int) -> CdrFile:
@@ -40,7 +44,7 @@ def fit_to_budget(cdr: CdrFile, max_bytes: int) -> CdrFile:
             return cut
     smallest = len(pack(truncate(cdr, 1))) if cdr.chunks else 0
     raise RateError(f"cannot fit the image in {max_bytes} bytes: the smallest file with one group "
-                    f"is {smallest} bytes")
+                    f"is {smallest} bytes", smallest)
 
 
 def compress(image: ImageLike, steps: int | None = None, model: str | None = None,
@@ -57,14 +61,37 @@ def compress(image: ImageLike, steps: int | None = None, model: str | None = Non
         bpp: like ``max_bytes``, as bits per pixel.
         device: "auto" (CUDA when present), "cpu" or "cuda".
     """
-    from . import codec
     from .image import load_image
     rgb = load_image(image)
     budget = _budget(rgb.shape[1], rgb.shape[0], max_bytes, bpp)
-    enc = codec.encode(rgb, model=model, steps=steps, device=device)
+    return encode_to_budget(rgb, model, steps, budget, device)
+
+
+def encode_to_budget(rgb, model: str | None, steps: int | None, budget: int | None,
+                     device: str = "auto") -> bytes:
+    """Encode; with a byte budget and no model named, try every installed
+    model and keep the file that decodes best (highest PSNR) within budget."""
+    from . import codec
+    from .metrics import psnr
+    from .zoo import list_models
     if budget is None:
-        return enc.data
-    return pack(fit_to_budget(enc.cdr, budget))
+        return codec.encode(rgb, model=model, steps=steps, device=device).data
+    candidates = [model] if model is not None else (list_models() or [None])
+    best, errors = None, []
+    for m in candidates:
+        enc = codec.encode(rgb, model=m, steps=steps, device=device)
+        try:
+            cut = fit_to_budget(enc.cdr, budget)
+        except RateError as e:
+            errors.append(e)
+            continue
+        data = pack(cut)
+        q = psnr(rgb, codec.decode(cut, model=m, device=device)) if len(candidates) > 1 else 0.0
+        if best is None or q > best[0]:
+            best = (q, data)
+    if best is None:
+        raise min(errors, key=lambda e: e.smallest)
+    return best[1]
 
 
 def _budget(w: int, h: int, max_bytes: int | None, bpp: float | None) -> int | None:

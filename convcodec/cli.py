@@ -177,7 +177,8 @@ def main():
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Latent groups to store (more: higher quality, more bytes) [default: all].")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=None,
-              help="Write the best file of at most this many bytes.")
+              help="Write the best file of at most this many bytes (choosing the model, unless "
+              "--model is given, and the number of groups).")
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Write the best file of at most this many bits per pixel.")
 @click.option("--model", default=None, help="Model name (see `convcodec models`) or path to a .safetensors file.")
@@ -193,8 +194,7 @@ def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbos
     """
     import numpy as np
     from . import codec
-    from .api import _budget, fit_to_budget
-    from .container import pack
+    from .api import _budget, encode_to_budget
     from .image import load_image
     from .metrics import psnr
     pairs = _plan(inputs, output, ".cdr")
@@ -209,16 +209,22 @@ def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbos
         rgb = load_image(_read(src) if src == "-" else src)
         h, w = rgb.shape[:2]
         budget = _budget(w, h, max_bytes, bpp)
-        res = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=verbose)
-        enc, rec = res if verbose else (res, None)
-        data = enc.data if budget is None else pack(fit_to_budget(enc.cdr, budget))
+        if budget is not None:
+            data = encode_to_budget(rgb, model, steps, budget, device)
+            enc = None
+        else:
+            enc, rec = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=True) \
+                if verbose else (codec.encode(rgb, model=model, steps=steps, device=device), None)
+            data = enc.data
         _write(dst, [src], lambda f: f.write(data))
         hd = unpack(data).header
         n = len(data)
         if not quiet and single:
             click.echo(f"{src} -> {dst}: {w}x{h}, {hd.groups_stored}/{hd.groups_total} groups, "
                        f"{n} bytes, {8 * n / (w * h):.4f} bpp", err=True)
-        if verbose:
+        if verbose and budget is not None:
+            click.echo(f"  model {hd.model_name} chosen for the budget of {budget} bytes", err=True)
+        if verbose and enc is not None:
             est = enc.estimated_bytes
             click.echo(f"  model {info['name']} (weights {info['sha256'][:16]})", err=True)
             click.echo(f"  bytes per group: {' '.join(map(str, enc.cdr.group_bytes))}", err=True)
@@ -226,8 +232,7 @@ def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbos
                        + " ".join(f"{b / 8:.0f}" for b in enc.estimated_bits), err=True)
             click.echo(f"  all {len(enc.cdr.chunks)} groups: {len(enc.data)} bytes vs model estimate "
                        f"{est:.0f} bytes ({100 * (len(enc.data) - est) / est:+.2f}%)", err=True)
-            if n == len(enc.data):
-                click.echo(f"  decoded PSNR {psnr(rgb, rec):.2f} dB", err=True)
+            click.echo(f"  decoded PSNR {psnr(rgb, rec):.2f} dB", err=True)
         return {"bytes": n, "pixels": w * h}
 
     _run_all(pairs, quiet, work)

@@ -167,8 +167,9 @@ def decode(data: bytes | CdrFile, model: str | None = None, steps: int | None = 
         except entropy.StreamError as e:
             raise ContainerError(f"corrupted .cdr file (group {g + 1}: {e})") from None
         if entropy.symbol_crc(k) != cdr.symbol_crcs[g]:
-            raise DesyncError(f"group {g + 1} decoded out of step with the encoder: this machine's "
-                              "model computes different probabilities (check the model version)")
+            raise DesyncError(f"group {g + 1} decoded out of step with the encoder: the model here "
+                              "computes different probabilities than the one that wrote the file, "
+                              "or the file was altered")
         return k
 
     with torch.inference_mode():

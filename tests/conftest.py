@@ -9,12 +9,13 @@ from convcodec.nets.convdraw import ConvDraw, ConvDrawConfig
 # other job on a 2-core machine (a training run, CI's neighbours).
 torch.set_num_threads(1)
 
-TINY = ConvDrawConfig(steps=4, latent=4, hidden=16, enc_hidden=8, reader=(8, 8, 16), writer=(16, 8, 8))
+TINY = ConvDrawConfig(steps=4, latent=4, hidden=16, enc_hidden=8, read=8, canvas=16,
+                      analysis=(8, 8, 16), synthesis=(8, 8))
 
 
 def make_tiny(path, seed=0, name="tiny", **over):
     torch.manual_seed(seed)
-    cfg = ConvDrawConfig(**{**TINY.to_dict(), **over, "reader": TINY.reader, "writer": TINY.writer})
+    cfg = ConvDrawConfig.from_dict({**TINY.to_dict(), **over})
     m = ConvDraw(cfg)
     # Random init codes near-zero offsets; a fine quantization grid makes the
     # tests exercise real symbols in the coder, not only zeros.

@@ -82,3 +82,19 @@ def test_pillow_plugin_reports_corruption(tmp_path, img, tiny_model):
     p.write_bytes(bytes(data))
     with pytest.raises(container.ContainerError, match="checksum"):
         Image.open(p)
+
+
+def test_budget_picks_the_model_that_decodes_best(img, tiny_model, other_model, monkeypatch):
+    """With no model named, every installed model is tried and the best
+    picture within budget wins."""
+    from convcodec import api, codec, zoo
+    from convcodec.metrics import psnr
+    monkeypatch.setattr(zoo, "list_models", lambda: [tiny_model, other_model])
+    budget = 10_000
+    data = api.encode_to_budget(img, None, None, budget)
+    assert len(data) <= budget
+    scores = {}
+    for m in (tiny_model, other_model):
+        d = api.encode_to_budget(img, m, None, budget)
+        scores[d] = psnr(img, codec.decode(d, model=m))
+    assert data == max(scores, key=scores.get)

@@ -5,6 +5,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # The coder snaps prior scales (in quantization-bin units) to a table spanning
 # this range; training clamps to the same range so the rate it optimises is the
@@ -36,50 +37,6 @@ class ConvLSTMCell(nn.Module):
         return h, c
 
 
-class Reader(nn.Module):
-    """Image -> features at 1/2**len(widths) resolution.
-
-    Space-to-depth then a 3x3 conv per octave: the same receptive field as a
-    strided 5x5 stem for a fraction of its cost on a CPU.
-    """
-
-    def __init__(self, in_ch: int, widths: tuple[int, ...]):
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = in_ch
-        for i, w in enumerate(widths):
-            layers += [nn.PixelUnshuffle(2), nn.Conv2d(4 * c, w, 3, padding=1)]
-            if i < len(widths) - 1:
-                layers.append(nn.LeakyReLU(0.2))
-            c = w
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class Writer(nn.Module):
-    """Features at 1/2**len(widths) resolution -> image (the canvas update W h_dec).
-
-    Sub-pixel convolutions (conv then depth-to-space), mirror of Reader.
-    """
-
-    def __init__(self, in_ch: int, widths: tuple[int, ...], out_ch: int):
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = in_ch
-        outs = list(widths[1:]) + [out_ch]
-        for i, w in enumerate(outs):
-            layers += [nn.Conv2d(c, 4 * w, 3, padding=1), nn.PixelShuffle(2)]
-            if i < len(outs) - 1:
-                layers.append(nn.LeakyReLU(0.2))
-            c = w
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
-
-
 def _normal_cdf(v: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.erfc(-v * (1.0 / math.sqrt(2.0)))
 
@@ -96,3 +53,50 @@ def gaussian_bits(offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     scale = scale.float().clamp(SCALE_MIN, SCALE_MAX)
     p = _normal_cdf((0.5 - offset) / scale) - _normal_cdf((-0.5 - offset) / scale)
     return -torch.log2(p.clamp_min(LIKELIHOOD_MIN))
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Balle et al. 2016), or its inverse.
+
+    y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2). The workhorse
+    nonlinearity of learned transform codecs: it gaussianizes the features at
+    the cost of one 1x1 convolution. Computed in float32 (bf16 would lose the
+    small denominators)."""
+
+    def __init__(self, ch: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(ch))
+        self.gamma = nn.Parameter(0.1 * torch.eye(ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        ch = x32.shape[1]
+        gamma = self.gamma.abs().view(ch, ch, 1, 1)
+        norm = torch.sqrt(F.conv2d(x32 * x32, gamma, self.beta.abs() + 1e-6))
+        return x32 * norm if self.inverse else x32 / norm
+
+
+def analysis(in_ch: int, widths: tuple[int, ...], kernel: int = 5) -> nn.Sequential:
+    """g_a: strided convolutions with GDN, one octave per width."""
+    layers: list[nn.Module] = []
+    c = in_ch
+    for i, w in enumerate(widths):
+        layers.append(nn.Conv2d(c, w, kernel, stride=2, padding=kernel // 2))
+        if i < len(widths) - 1:
+            layers.append(GDN(w))
+        c = w
+    return nn.Sequential(*layers)
+
+
+def synthesis(in_ch: int, widths: tuple[int, ...], out_ch: int, kernel: int = 3) -> nn.Sequential:
+    """g_s: sub-pixel convolutions (conv, then depth-to-space) with inverse GDN."""
+    layers: list[nn.Module] = []
+    c = in_ch
+    outs = list(widths) + [out_ch]
+    for i, w in enumerate(outs):
+        layers += [nn.Conv2d(c, 4 * w, kernel, padding=kernel // 2), nn.PixelShuffle(2)]
+        if i < len(outs) - 1:
+            layers.append(GDN(w, inverse=True))
+        c = w
+    return nn.Sequential(*layers)
