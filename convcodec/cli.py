@@ -75,23 +75,23 @@ def _errors(fn):
     return wrapper
 
 
-def _expand(inputs) -> list[str]:
+def _expand(inputs, exts) -> list[str]:
+    """Inputs with folders replaced by their files with one of ``exts``."""
     out = []
     for p in inputs:
         if p != "-" and os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                           if f.lower().endswith(IMAGE_EXTS + (".cdr",)) and not f.startswith("."))
-            out += found
+            out += sorted(os.path.join(p, f) for f in os.listdir(p)
+                          if f.lower().endswith(exts) and not f.startswith("."))
         else:
             out.append(p)
     return out
 
 
-def _plan(inputs, output, ext) -> list[tuple[str, str]]:
+def _plan(inputs, output, ext, in_exts) -> list[tuple[str, str]]:
     """(input, output) pairs. One input: OUTPUT is a file (default: INPUT with
     ``ext``; ``-`` is stdout). Several inputs or a folder: OUTPUT is a folder."""
     many = len(inputs) > 1 or any(p != "-" and os.path.isdir(p) for p in inputs)
-    files = _expand(inputs)
+    files = _expand(inputs, in_exts)
     if not many:
         src = files[0]
         if output is None:
@@ -137,7 +137,7 @@ def _run_all(pairs, quiet, work, unit="image"):
     if batch and not quiet:
         from tqdm import tqdm
         bar = tqdm(total=len(pairs), unit=unit, file=sys.stderr, leave=False)
-    done, failed, total_in, total_out, pixels = 0, 0, 0, 0, 0
+    done, failed, total_out, pixels = 0, 0, 0, 0
     for src, dst in pairs:
         try:
             r = work(src, dst)
@@ -192,12 +192,11 @@ def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbos
     Alpha is flattened onto white; 16-bit images are scaled to 8 bits.
     An existing output file is replaced only once the new file is complete.
     """
-    import numpy as np
     from . import codec
     from .api import _budget, encode_to_budget
     from .image import load_image
     from .metrics import psnr
-    pairs = _plan(inputs, output, ".cdr")
+    pairs = _plan(inputs, output, ".cdr", IMAGE_EXTS)
     net, info = codec.load_model(model)
     if steps is not None and steps > net.num_groups and not quiet:
         click.echo(f"note: model {info['name']} has {net.num_groups} groups; storing all of them", err=True)
@@ -258,7 +257,7 @@ def decompress(inputs, output, fmt, steps, temperature, seed, model, device, qui
     """Decompress .cdr files to images (PNG, BMP, TIFF, PPM, ...)."""
     from PIL import Image
     ext = "." + (fmt or "png").lower()
-    pairs = _plan(inputs, output, ext)
+    pairs = _plan(inputs, output, ext, (".cdr",))
     single = len(pairs) == 1
 
     def fmt_for(dst):

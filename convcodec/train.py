@@ -118,7 +118,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
                     "model_cfg": model_cfg, "train_cfg": asdict(tc)}, tmp)
         os.replace(tmp, ckpt_path)
         save_model(ema, os.path.join(out_dir, name), {
-            "name": name, "training": {"steps": step, "minutes": round(elapsed / 60, 1),
+            "name": name, "training": {"iterations": step, "minutes": round(elapsed / 60, 1),
                                        "batch": tc.batch, "crop": tc.crop, "lambda": tc.lmbda,
                                        "data": list(tc.data)}})
 

@@ -20,7 +20,7 @@ def test_train_export_and_resume(tmp_path):
     ck = torch.load(out / "ckpt.pt", weights_only=False)
     assert ck["step"] > 0
     net, info = zoo.load_model(str(out / "t.safetensors"))
-    assert info["card"]["training"]["steps"] == ck["step"]
+    assert info["card"]["training"]["iterations"] == ck["step"]
     rgb = smooth_image(20, 24)
     assert codec.decode(codec.encode(rgb, model=str(out / "t.safetensors")).data,
                         model=str(out / "t.safetensors")).shape == rgb.shape
