@@ -31,6 +31,11 @@ def atomic_output(path: str):
         raise OutputError(f"{path}: is a directory")
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".part")
     try:
+        # mkstemp makes the file private (0600); give it the permissions a
+        # plain open() would (0666 minus the umask), like every other tool.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -198,3 +198,13 @@ def test_version_help_and_models():
     assert "Examples:" in h and "--max-bytes" in h and "Exit codes" in h
     r = run("models")
     assert r.exit_code == 0 and "convdraw-base (default)" in r.output
+
+
+def test_outputs_get_normal_permissions(tmp_path, png, tiny_model):
+    old = os.umask(0o022)
+    try:
+        cdr = tmp_path / "a.cdr"
+        assert run("compress", png, "-o", cdr, "--model", tiny_model).exit_code == 0
+        assert (cdr.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
