@@ -100,7 +100,6 @@ def read_card(weights: Path) -> dict:
 
 @lru_cache(maxsize=8)
 def _load(path: str, mtime: float):
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
     weights = Path(path)
