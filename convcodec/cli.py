@@ -208,13 +208,14 @@ def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbos
         rgb = load_image(_read(src) if src == "-" else src)
         h, w = rgb.shape[:2]
         budget = _budget(w, h, max_bytes, bpp)
+        enc = rec = None
         if budget is not None:
             data = encode_to_budget(rgb, model, steps, budget, device)
-            enc = None
-        else:
-            enc, rec = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=True) \
-                if verbose else (codec.encode(rgb, model=model, steps=steps, device=device), None)
+        elif verbose:
+            enc, rec = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=True)
             data = enc.data
+        else:
+            data = codec.encode(rgb, model=model, steps=steps, device=device).data
         _write(dst, [src], lambda f: f.write(data))
         hd = unpack(data).header
         n = len(data)

@@ -29,8 +29,8 @@ def mutate(data: bytes, rnd: random.Random) -> bytes:
     """One hostile variant of a valid file."""
     d = bytearray(data)
     n = d[6]
-    dims = _FIXED.size + n + 8
-    table = dims + 8 + 2 + 4
+    dims = _FIXED.size + n + 8                 # width, after the 8-byte digest
+    table = _FIXED.size + n + _DIMS.size + 4   # first group entry, after the header CRC
     kind = rnd.randrange(9)
     if kind == 0:                       # flip random bits anywhere
         for _ in range(rnd.randint(1, 8)):

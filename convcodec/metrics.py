@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import time
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -17,13 +19,24 @@ def bpp(nbytes: int, rgb: np.ndarray) -> float:
     return 8.0 * nbytes / (rgb.shape[0] * rgb.shape[1])
 
 
-def pillow_roundtrip(rgb: np.ndarray, fmt: str, **params) -> tuple[int, np.ndarray]:
-    """Encode with Pillow, decode again: (bytes, decoded RGB)."""
+class Roundtrip(NamedTuple):
+    nbytes: int             # size of the encoded file
+    decoded: np.ndarray     # decoded RGB
+    encode_s: float
+    decode_s: float
+
+
+def pillow_roundtrip(rgb: np.ndarray, fmt: str, **params) -> Roundtrip:
+    """Encode with Pillow, decode again, timing both."""
     buf = io.BytesIO()
+    t0 = time.perf_counter()
     Image.fromarray(rgb).save(buf, format=fmt, **params)
+    te = time.perf_counter() - t0
     n = buf.tell()
     buf.seek(0)
-    return n, np.asarray(Image.open(buf).convert("RGB"))
+    t0 = time.perf_counter()
+    dec = np.asarray(Image.open(buf).convert("RGB"))
+    return Roundtrip(n, dec, te, time.perf_counter() - t0)
 
 
 def interp_curve(bpps, psnrs, at: float) -> float | None:

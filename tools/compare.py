@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import io
 import json
 import os
 import sys
 import time
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from convcodec import codec, container
 from convcodec.image import load_image
-from convcodec.metrics import bd_rate, interp_curve, msssim_db, pareto, psnr
+from convcodec.metrics import bd_rate, interp_curve, msssim_db, pareto, pillow_roundtrip, psnr
 from convcodec.zoo import list_models, load_model
 
 ANCHORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "anchors", "kodak_published.json")
@@ -60,18 +58,6 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
     ta = torch.tensor(a).permute(2, 0, 1)[None].float()  # float32: 5x faster than float64, same to 1e-6
     tb = torch.tensor(b).permute(2, 0, 1)[None].float()
     return float(_ms(ta, tb, data_range=255, size_average=True))
-
-
-def pillow_codec(rgb, fmt, params):
-    t0 = time.perf_counter()
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format=fmt, **params)
-    te = time.perf_counter() - t0
-    data = buf.getvalue()
-    t0 = time.perf_counter()
-    dec = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    td = time.perf_counter() - t0
-    return data, dec, te, td
 
 
 def row(name, setting, img, rgb, nbytes, dec, te, td, **extra):
@@ -141,15 +127,15 @@ def main():
     models = a.models.split(",") if a.models else list_models()
     images = {os.path.basename(p): load_image(p) for p in paths}
     settings = classical_settings()
-    rows, groups_bits, recon = [], {}, {}
+    rows, groups_bits, recon, sizes = [], {}, {}, {}
     total = len(images) * (sum(len(s) for _, s in settings.values()) + len(models))
     bar = tqdm(total=total, unit="enc", file=sys.stderr)
     t_start = time.time()
     for img, rgb in images.items():
         for name, (fmt, sets) in settings.items():
             for label, params in sets:
-                data, dec, te, td = pillow_codec(rgb, fmt, params)
-                rows.append(row(name, label, img, rgb, len(data), dec, te, td))
+                n, dec, te, td = pillow_roundtrip(rgb, fmt, **params)
+                rows.append(row(name, label, img, rgb, n, dec, te, td))
                 bar.update(1)
         for m in models:
             net, info = load_model(m)
@@ -160,6 +146,7 @@ def main():
             temps = [0.0] if a.no_temperature_1 else [0.0, 1.0]
             for t in range(1, net.num_groups + 1):
                 data = container.pack(container.truncate(full.cdr, t))
+                sizes[(m, img, t)] = len(data)
                 for temp in temps:
                     t0 = time.perf_counter()
                     dec = codec.decode(data, model=m, temperature=temp, seed=0)
@@ -191,7 +178,7 @@ def main():
     summary = write_summary(a.out, agg, bd, len(images), wall)
     print(summary)
     if not a.no_plots:
-        plots(a.out, agg, res["bits_per_group"], images, recon, models)
+        plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models)
 
 
 def psnr_at(pts, b):
@@ -223,7 +210,7 @@ def write_summary(out, agg, bd, n, wall):
     return text
 
 
-def plots(out, agg, bits, images, recon, models):
+def plots(out, agg, bits, images, recon, sizes, models):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -256,15 +243,15 @@ def plots(out, agg, bits, images, recon, models):
     ax.set_xlabel("latent group (DRAW step)"); ax.set_ylabel("kbit per image (mean)")
     ax.set_title("Bits spent per group"); ax.legend(); fig.tight_layout()
     fig.savefig(os.path.join(out, "bits_per_group.png"), dpi=130); plt.close(fig)
-    figure4(out, images, recon, models[0] if models else None)
+    figure4(out, images, recon, sizes, models[0] if models else None)
 
 
 def _match_jpeg(rgb, target_bpp):
     """The JPEG quality whose bpp is closest to the target (for Figure 4)."""
     best = None
     for q in range(1, 96):
-        data, dec, _, _ = pillow_codec(rgb, "JPEG", {"quality": q})
-        b = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
+        n, dec, _, _ = pillow_roundtrip(rgb, "JPEG", quality=q)
+        b = 8 * n / (rgb.shape[0] * rgb.shape[1])
         if best is None or abs(b - target_bpp) < abs(best[0] - target_bpp):
             best = (b, dec)
         if b > target_bpp * 1.5:
@@ -272,7 +259,7 @@ def _match_jpeg(rgb, target_bpp):
     return best
 
 
-def figure4(out, images, recon, model, names=("kodim04.png", "kodim14.png", "kodim23.png"), crop=192):
+def figure4(out, images, recon, sizes, model, names=("kodim04.png", "kodim14.png", "kodim23.png"), crop=192):
     """Figure 4 of the paper in our terms: originals, then rows at increasing
     rate: JPEG, JPEG2000, convcodec T=1, convcodec T=0 (same bpp per column)."""
     if model is None:
@@ -289,9 +276,8 @@ def figure4(out, images, recon, model, names=("kodim04.png", "kodim14.png", "kod
         rgb = images[n]
         y0, x0 = (rgb.shape[0] - crop) // 2, (rgb.shape[1] - crop) // 2
         cut = lambda a: a[y0:y0 + crop, x0:x0 + crop]
-        # real bytes of each column's file (the same for every row of the column)
-        col_bpp = {t: 8 * len(codec.encode(rgb, model=model, steps=t).data) / (rgb.shape[0] * rgb.shape[1])
-                   for t in cols}
+        # real bytes of each column's file, measured in the main loop
+        col_bpp = {t: 8 * sizes[(model, n, t)] / (rgb.shape[0] * rgb.shape[1]) for t in cols}
         for r, label in enumerate(["JPEG", "JPEG2000", "convcodec T=1", "convcodec T=0"]):
             ax = axes[bi * rows_per + r, 0]
             ax.imshow(cut(rgb)) if r == 0 else ax.axis("off")
@@ -305,8 +291,8 @@ def figure4(out, images, recon, model, names=("kodim04.png", "kodim14.png", "kod
                     bj, img = _match_jpeg(rgb, b)
                     txt = f"JPEG {bj:.2f} bpp"
                 elif label == "JPEG2000":
-                    _, img, _, _ = pillow_codec(rgb, "JPEG2000", {"quality_mode": "rates",
-                                                                  "quality_layers": [24.0 / b], "irreversible": True})
+                    _, img, _, _ = pillow_roundtrip(rgb, "JPEG2000", quality_mode="rates",
+                                                    quality_layers=[24.0 / b], irreversible=True)
                     txt = f"J2K {b:.2f} bpp"
                 elif label == "convcodec T=1":
                     img = recon.get((model, 1.0, n, t), a0); txt = f"T=1 {t} steps"

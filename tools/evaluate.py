@@ -34,7 +34,7 @@ def jpeg_curve(images):
     for q in JPEG_QUALITIES:
         b, p = [], []
         for rgb in images:
-            n, dec = pillow_roundtrip(rgb, "JPEG", quality=q)
+            n, dec, _, _ = pillow_roundtrip(rgb, "JPEG", quality=q)
             b.append(bpp(n, rgb)); p.append(psnr(rgb, dec))
         rows.append({"quality": q, "bpp": float(np.mean(b)), "psnr": float(np.mean(p))})
     return rows

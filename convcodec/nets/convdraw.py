@@ -86,6 +86,22 @@ ANALYSIS_HALO = 32      # pixels; g_a's receptive field reaches 29 (multiple of 
 SYNTHESIS_HALO = 2      # canvas rows; g_s's receptive field reaches < 2
 
 
+def _in_bands(fn, x: torch.Tensor, band: int, halo: int, up: int, down: int) -> torch.Tensor:
+    """fn(x) for a row-local fn whose output has up/down rows per input row,
+    computed in bands of ``band`` input rows with ``halo`` rows of context each
+    side. Used only at inference on images taller than BAND_ROWS plus halos
+    (in pixels), where it bounds memory; elsewhere one pass."""
+    rows = x.shape[-2]
+    if torch.is_grad_enabled() or rows * up <= BAND_ROWS + 2 * ANALYSIS_HALO:
+        return fn(x)
+    out = []
+    for a in range(0, rows, band):
+        b = min(rows, a + band)
+        lo, hi = max(0, a - halo), min(rows, b + halo)
+        out.append(fn(x[..., lo:hi, :])[..., (a - lo) * up // down:(b - lo) * up // down, :])
+    return torch.cat(out, -2)
+
+
 class ConvDraw(nn.Module):
     def __init__(self, cfg: ConvDrawConfig):
         super().__init__()
@@ -122,16 +138,8 @@ class ConvDraw(nn.Module):
 
     def begin(self, x01: torch.Tensor) -> torch.Tensor:
         """Encoder-side context computed once per image: y = g_a(x)."""
-        x = x01 - 0.5
-        rows, s = x.shape[-2], self.cfg.stride
-        if not self._banded(rows):
-            return self.g_a(x).float()
-        out = []
-        for a in range(0, rows, BAND_ROWS):
-            b = min(rows, a + BAND_ROWS)
-            lo, hi = max(0, a - ANALYSIS_HALO), min(rows, b + ANALYSIS_HALO)
-            out.append(self.g_a(x[..., lo:hi, :]).float()[..., (a - lo) // s:(b - lo) // s, :])
-        return torch.cat(out, -2)
+        return _in_bands(lambda t: self.g_a(t).float(), x01 - 0.5,
+                         BAND_ROWS, ANALYSIS_HALO, up=1, down=self.cfg.stride)
 
     def prior(self, st: DecoderState):
         """p(z_t | z_<t): mean and std (latent units) from the decoder state."""
@@ -150,20 +158,9 @@ class ConvDraw(nn.Module):
 
     def render(self, st: DecoderState) -> torch.Tensor:
         """x_hat = g_s(canvas), in [0, 1] up to clamping (padded size)."""
-        cv = st.canvas
-        s, rows = self.cfg.stride, st.canvas.shape[-2]
-        if not self._banded(rows * s):
-            return self.g_s(cv).float() + 0.5
-        band = BAND_ROWS // s
-        out = []
-        for a in range(0, rows, band):
-            b = min(rows, a + band)
-            lo, hi = max(0, a - SYNTHESIS_HALO), min(rows, b + SYNTHESIS_HALO)
-            out.append(self.g_s(cv[..., lo:hi, :]).float()[..., (a - lo) * s:(b - lo) * s, :])
-        return torch.cat(out, -2) + 0.5
-
-    def _banded(self, rows: int) -> bool:
-        return not torch.is_grad_enabled() and rows > BAND_ROWS + 2 * ANALYSIS_HALO
+        s = self.cfg.stride
+        return _in_bands(lambda t: self.g_s(t).float(), st.canvas,
+                         BAND_ROWS // s, SYNTHESIS_HALO, up=s, down=1) + 0.5
 
     # ---- training ----
     def forward(self, x01: torch.Tensor, prefix: int | None = None):
