@@ -50,6 +50,8 @@ def load_image(src) -> np.ndarray:
     """Path, bytes, file object, PIL image or numpy array -> HxWx3 uint8."""
     if isinstance(src, np.ndarray):
         a = src
+        if a.ndim in (2, 3):
+            _check_size(a.shape[1], a.shape[0])
         if a.ndim == 2:
             a = np.repeat(a[:, :, None], 3, axis=2)
         if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
@@ -63,7 +65,6 @@ def load_image(src) -> np.ndarray:
                 raise ImageError(f"array dtype {a.dtype} not supported (use uint8 or float in [0, 1])")
         if a.shape[2] == 4:
             return to_rgb8(Image.fromarray(a, "RGBA"))
-        _check_size(a.shape[1], a.shape[0])
         return np.ascontiguousarray(a)
     if isinstance(src, Image.Image):
         _check_size(*src.size)

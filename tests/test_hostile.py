@@ -172,3 +172,9 @@ def test_fuzz_tool_runs(tmp_path, tiny_model):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "mishandled 0" in r.stdout
+
+
+@pytest.mark.parametrize("shape", [(1, 70000), (1, 70000, 3), (1, 70000, 4)])
+def test_oversized_arrays_are_refused_in_every_layout(shape):
+    with pytest.raises(ImageError, match="too large"):
+        load_image(np.zeros(shape, np.uint8))
