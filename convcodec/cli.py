@@ -339,7 +339,7 @@ def info(files):
 def models():
     """List the installed models with their Kodak rate ranges."""
     import json
-    from .zoo import DEFAULT_MODEL, MODELS_DIR, list_models
+    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, list_models
     names = list_models()
     if not names:
         raise Failure(f"no models installed in {MODELS_DIR}")
@@ -350,8 +350,11 @@ def models():
         rng = (f"{rd[0]['bpp']:.3f}-{rd[-1]['bpp']:.3f} bpp, {rd[0]['psnr']:.1f}-{rd[-1]['psnr']:.1f} dB "
                f"on Kodak" if rd else "not measured on Kodak")
         cfg = card.get("config", {})
-        flag = " (default)" if n == DEFAULT_MODEL else ""
-        click.echo(f"{n}{flag}: {cfg.get('backbone')}, {cfg.get('steps')} groups, {rng}")
+        groups = cfg.get("steps") or sum(cfg.get("groups", [])) or "?"
+        flags = (["default"] if n == DEFAULT_MODEL else []) + [
+            f"--model {fam}" for fam, m in FAMILY_DEFAULTS.items() if m == n]
+        flag = f" ({', '.join(flags)})" if flags else ""
+        click.echo(f"{n}{flag}: {cfg.get('backbone')}, {groups} groups, {rng}")
 
 
 if __name__ == "__main__":

@@ -63,15 +63,18 @@ Take = Callable[[int, object, torch.Tensor, torch.Tensor, np.ndarray], np.ndarra
 
 
 def _walk(model, height: int, width: int, stored: int, take: Take, device,
-          temperature: float = 0.0, seed: int = 0, render: bool = True):
-    """The loop both sides share. ``take(g, state, mu_p, scale, idx)`` returns
-    the integer offsets of stored group g (encoder: quantize and code them;
-    decoder: decode them). Returns the reconstruction in [0, 1] at the padded
-    size, or None when ``render`` is False (the encoder then stops after the
-    last stored group: nothing after it changes the file)."""
-    st, _ = model.init_state(1, height, width, device)
+          temperature: float = 0.0, seeds=(0,), render: bool = True):
+    """The loop both sides share, for a batch of ``len(seeds)`` images of one
+    size. ``take(g, state, mu_p, scale, idx)`` returns the integer offsets of
+    stored group g, batch first (encoder: quantize and code them; decoder:
+    decode them). Returns the reconstructions in [0, 1] at the padded size,
+    or None when ``render`` is False (the encoder then stops after the last
+    stored group: nothing after it changes the file). Image b of a batch
+    gets exactly what it gets alone: the same network arithmetic and its own
+    noise generator seeded with ``seeds[b]``."""
+    st, _ = model.init_state(len(seeds), height, width, device)
     w = model.width()
-    gen = torch.Generator().manual_seed(seed)
+    gens = [torch.Generator().manual_seed(sd) for sd in seeds]
     for g in range(model.num_groups if render else stored):
         mu_p, sigma_p = model.prior(st)
         if g < stored:
@@ -80,7 +83,7 @@ def _walk(model, height: int, width: int, stored: int, take: Take, device,
             k = take(g, st, mu_p, scale, idx)
             z = mu_p + w * torch.from_numpy(k).to(device=device, dtype=mu_p.dtype)
         elif temperature > 0:
-            eps = torch.randn(mu_p.shape, generator=gen).to(device)
+            eps = torch.stack([torch.randn(mu_p.shape[1:], generator=gn) for gn in gens]).to(device)
             z = mu_p + temperature * sigma_p * eps
         else:
             z = mu_p
@@ -89,8 +92,8 @@ def _walk(model, height: int, width: int, stored: int, take: Take, device,
     return model.render(st) if render else None
 
 
-def _to_uint8(x: torch.Tensor, h: int, w: int) -> np.ndarray:
-    x = x[0, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
+def _to_uint8(x: torch.Tensor, h: int, w: int, b: int = 0) -> np.ndarray:
+    x = x[b, :, :h, :w].clamp(0, 1).mul(255).round().to(torch.uint8)
     return x.permute(1, 2, 0).cpu().numpy()
 
 
@@ -116,8 +119,8 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
             k = torch.round((mu_q - mu_p) / width).clamp_(-entropy.SYMBOL_MAX, entropy.SYMBOL_MAX)
             est.append(float(gaussian_bits(k, scale).sum()))
             k = k.to(torch.int32).cpu().numpy()
-            chunks.append(entropy.encode(k, idx))
-            crcs.append(entropy.symbol_crc(k))
+            chunks.append(entropy.encode(k[0], idx[0]))
+            crcs.append(entropy.symbol_crc(k[0]))
             return k
 
         out = _walk(net, x01.shape[-2], x01.shape[-1], stored, take, dev, render=reconstruct)
@@ -145,33 +148,85 @@ def model_for(cdr: CdrFile, model: str | None = None):
     return net, info
 
 
+def _read_group(cdr: CdrFile, g: int, idx: np.ndarray) -> np.ndarray:
+    """Group g's integer offsets, decoded and checked against their CRC."""
+    # The container's CRC-32 already vouched for these bytes, so a chunk
+    # that does not decode, or decodes to other symbols, means the model
+    # here computed other probabilities than the encoder's did (a
+    # different machine or build), unless the file was altered and its
+    # checksums recomputed. Both are reported as what they are.
+    try:
+        k = entropy.decode(cdr.chunks[g], idx)
+    except entropy.StreamError as e:
+        raise DesyncError(f"group {g + 1} cannot be decoded although the file's checksum is intact "
+                          f"({e}): decoding went out of step with the encoder (this machine "
+                          "computes the model's probabilities differently from the one that "
+                          "wrote the file), or the file was altered") from None
+    if entropy.symbol_crc(k) != cdr.symbol_crcs[g]:
+        raise DesyncError(f"group {g + 1} decoded out of step with the encoder: the model here "
+                          "computes different probabilities than the one that wrote the file, "
+                          "or the file was altered")
+    return k
+
+
+def _decode_batch(net, cdrs: list[CdrFile], stored: int, temperature: float, seeds, dev) -> list[np.ndarray]:
+    """Decode files of one size and one model together (one network pass)."""
+    hd = cdrs[0].header
+    s = net.cfg.stride
+    ph, pw = hd.height + (-hd.height) % s, hd.width + (-hd.width) % s
+
+    def take(g, st, mu_p, scale, idx):
+        return np.stack([_read_group(c, g, idx[b]) for b, c in enumerate(cdrs)])
+
+    with torch.inference_mode():
+        out = _walk(net, ph, pw, stored, take, dev, temperature, seeds)
+    return [_to_uint8(out, hd.height, hd.width, b) for b in range(len(cdrs))]
+
+
+def _check_temperature(temperature: float):
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError("temperature must be a finite number >= 0")
+
+
 def decode(data: bytes | CdrFile, model: str | None = None, steps: int | None = None,
            temperature: float = 0.0, seed: int = 0, device: str = "auto") -> np.ndarray:
     """A .cdr file -> HxWx3 uint8. ``steps`` decodes only the first groups of
     the file; groups not decoded are regenerated from the prior (its mean when
     ``temperature`` is 0, else a sample seeded by ``seed``)."""
     cdr = data if isinstance(data, CdrFile) else unpack(data)
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ValueError("temperature must be a finite number >= 0")
+    _check_temperature(temperature)
     net, _ = model_for(cdr, model)
     dev = pick_device(device)
     net = net.to(dev)
-    hd = cdr.header
     stored = len(cdr.chunks) if steps is None else max(0, min(int(steps), len(cdr.chunks)))
-    s = net.cfg.stride
-    ph, pw = hd.height + (-hd.height) % s, hd.width + (-hd.width) % s
+    return _decode_batch(net, [cdr], stored, temperature, [seed], dev)[0]
 
-    def take(g, st, mu_p, scale, idx):
-        try:
-            k = entropy.decode(cdr.chunks[g], idx)
-        except entropy.StreamError as e:
-            raise ContainerError(f"corrupted .cdr file (group {g + 1}: {e})") from None
-        if entropy.symbol_crc(k) != cdr.symbol_crcs[g]:
-            raise DesyncError(f"group {g + 1} decoded out of step with the encoder: the model here "
-                              "computes different probabilities than the one that wrote the file, "
-                              "or the file was altered")
-        return k
 
-    with torch.inference_mode():
-        out = _walk(net, ph, pw, stored, take, dev, temperature, seed)
-    return _to_uint8(out, hd.height, hd.width)
+def decode_many(files, model: str | None = None, temperature: float = 0.0, seed: int = 0,
+                device: str = "auto", batch: int = 16) -> list[np.ndarray]:
+    """Decode several .cdr files (bytes or CdrFile), batching those made by
+    the same model at the same size with the same number of groups: one
+    network pass per batch, which is what keeps a GPU busy. Each picture is
+    exactly what ``decode(file, temperature=..., seed=seed)`` gives. If a
+    batch goes out of step (a device whose batched kernels round
+    differently), its files are decoded one by one instead."""
+    _check_temperature(temperature)
+    cdrs = [f if isinstance(f, CdrFile) else unpack(f) for f in files]
+    dev = pick_device(device)
+    out: list = [None] * len(cdrs)
+    buckets: dict = {}
+    for i, c in enumerate(cdrs):
+        h = c.header
+        buckets.setdefault((h.model_name, h.model_digest, h.width, h.height, len(c.chunks)), []).append(i)
+    for (_, _, _, _, stored), idxs in buckets.items():
+        net, _ = model_for(cdrs[idxs[0]], model)
+        net = net.to(dev)
+        for a in range(0, len(idxs), batch):
+            part = idxs[a:a + batch]
+            try:
+                pics = _decode_batch(net, [cdrs[i] for i in part], stored, temperature, [seed] * len(part), dev)
+            except DesyncError:
+                pics = [_decode_batch(net, [cdrs[i]], stored, temperature, [seed], dev)[0] for i in part]
+            for i, p in zip(part, pics):
+                out[i] = p
+    return out

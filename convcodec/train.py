@@ -1,11 +1,27 @@
 """Training loop: rate-distortion with the coder's own rate, trained for prefixes.
 
-loss = bpp(all groups) + lambda * 255^2 * (MSE(x_hat) + MSE(x_prefix))
-where x_prefix is the decode of a random prefix of groups with the rest
-regenerated from the prior mean, so that every cut of a file looks good.
+A file cut after t groups is a codec operating point of its own, with rate
+R_<=t (bits of the first t groups) and distortion D_t (the decode of those
+groups, the rest regenerated from the prior mean). Each iteration adds the
+rate-distortion cost of two such points, all groups and a random prefix t:
 
-Resumable: a checkpoint (model, EMA, optimizer, step, elapsed time, RNG) is
-written every few minutes and picked up by re-running the same command.
+    loss = sum over t in {t_random, T} of  R_<=t/pixels + lambda_t * 255^2 * MSE_t
+
+with lambda_t log-spaced from ``lmbda_first`` (one group) to ``lmbda`` (all
+groups). A rising lambda_t is what orders the information from global to
+fine: a bit in group s is paid by every prefix that contains it but bought
+only by distortion weighted with the lambdas of those prefixes, so early
+groups carry what is worth most per bit. (With one lambda for every prefix,
+the first groups take nearly everything and the later ones go empty.)
+
+Resumable: a checkpoint (model, EMA, optimizer, step, elapsed time, every
+process's RNG) is written every few minutes and picked up by re-running the
+same command. Runs on the CPU and on CUDA with bf16 autocast, and on several
+GPUs (or CPU processes) with DDP under torchrun, same script:
+
+    torchrun --nproc_per_node 8 tools/train.py --out runs/NAME --name NAME ...
+
+(--batch is per process; the card records the global batch.)
 """
 from __future__ import annotations
 
@@ -20,6 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
@@ -31,7 +48,8 @@ class TrainConfig:
     data: tuple = ("../shared/data/train",)   # folders of training photos (never Kodak)
     crop: int = 128                           # square random crops
     batch: int = 8
-    lmbda: float = 0.01                       # lambda: distortion weight (MSE on 0..255)
+    lmbda: float = 0.01                       # lambda_T: distortion weight (MSE on 0..255), all groups
+    lmbda_first: float = 0.0                  # lambda_1 for a one-group file; 0 = same as lmbda
     lr: float = 1e-3
     warmup: int = 200                         # linear LR warm-up iterations
     minutes: float = 100.0                    # wall-time budget; LR follows a cosine over it
@@ -41,6 +59,9 @@ class TrainConfig:
     bf16: bool = True                         # bf16 autocast (about 1.6x on this CPU)
     ckpt_minutes: float = 4.0                 # checkpoint period
     seed: int = 0
+    init: str = ""                            # start from these weights (model name or .safetensors)
+    device: str = "auto"                      # auto (CUDA when present), cpu or cuda
+    distortion: str = "mse"                   # mse (lambda * 255^2 * MSE) or msssim (lambda * (1 - MS-SSIM))
 
 
 def load_images(folders, seed=0) -> list[torch.Tensor]:
@@ -85,56 +106,147 @@ def lr_at(tc: TrainConfig, step: int, progress: float) -> float:
     return tc.lr * (tc.lr_final + (1 - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def lambda_at(tc: TrainConfig, t: int, T: int) -> float:
+    """lambda_t, log-spaced from lmbda_first (t = 1) to lmbda (t = T)."""
+    lo = tc.lmbda_first or tc.lmbda
+    return lo * (tc.lmbda / lo) ** ((t - 1) / max(1, T - 1))
+
+
+def _setup(device: str):
+    """(rank, world size, device). One process per GPU under torchrun (DDP over
+    NCCL); on CPU, torchrun's processes share the cores (DDP over gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device("cuda", local) if device == "cuda" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The distortion term lambda_t multiplies: 255^2 * MSE, or 1 - MS-SSIM
+    (pytorch-msssim, five scales; on crops under 161 px its 11-tap window is
+    narrowed so the coarsest scale still fits)."""
+    if tc.distortion == "mse":
+        return 255 ** 2 * F.mse_loss(x_hat, x)
+    if tc.distortion != "msssim":
+        raise ValueError(f"unknown distortion {tc.distortion!r} (mse or msssim)")
+    from pytorch_msssim import ms_ssim
+    side = min(x.shape[-2:])
+    win = 11 if side > 160 else max(3, 2 * (((side - 1) // 16 + 1) // 2) - 1)
+    return 1 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, win_size=win)
+
+
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
+    rank, world, dev = _setup(tc.device)
+    main_proc = rank == 0
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    torch.manual_seed(tc.seed)
-    model = build_model(config_from_dict(model_cfg))
-    ema = build_model(config_from_dict(model_cfg))
+    torch.manual_seed(tc.seed + rank)
+    model = build_model(config_from_dict(model_cfg)).to(dev)
+    ema = build_model(config_from_dict(model_cfg)).to(dev)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    step, elapsed, gen = 0, 0.0, random.Random(tc.seed)
+    step, elapsed, gen = 0, 0.0, random.Random(tc.seed * 1000 + rank)
     loss_avg = None
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=False)  # our own file, written below
+        ck = torch.load(ckpt_path, weights_only=False, map_location=dev)  # our own file, written below
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
         step, elapsed, loss_avg = ck["step"], ck["elapsed"], ck["loss_avg"]
-        gen.setstate(ck["py_rng"]); torch.set_rng_state(ck["torch_rng"])
-        print(f"resumed at step {step}, {elapsed / 60:.1f} min")
+        rngs = ck.get("rngs") or [{"py": ck["py_rng"], "torch": ck["torch_rng"]}]
+        if rank < len(rngs):       # same world size: exact resume
+            gen.setstate(rngs[rank]["py"]); torch.set_rng_state(rngs[rank]["torch"].cpu())
+            if dev.type == "cuda" and rngs[rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(rngs[rank]["cuda"].cpu())
+        else:
+            gen.seed(tc.seed * 1000 + rank + step)
+        if main_proc:
+            print(f"resumed at step {step}, {elapsed / 60:.1f} min")
+    elif tc.init:
+        from .zoo import load_model
+        src, info = load_model(tc.init)
+        mine, theirs = model.state_dict(), src.state_dict()
+        if src.cfg.backbone == model.cfg.backbone:
+            model.load_state_dict(theirs)       # same backbone: every weight, or an error
+        else:
+            # Another backbone: take the parts with the same name and shape
+            # (the g_a / g_s transforms), train the rest from scratch.
+            shared = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+            model.load_state_dict(shared, strict=False)
+        ema.load_state_dict(model.state_dict())
+        n = sum(v.numel() for k, v in theirs.items() if k in mine and mine[k].shape == v.shape)
+        if main_proc:
+            print(f"initialised {n} of {sum(v.numel() for v in mine.values())} parameters "
+                  f"from {info['name']} ({info['sha256'][:12]})")
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     imgs = load_images(tc.data)
-    print(f"{len(imgs)} training images; model {sum(p.numel() for p in model.parameters())} params")
+    if main_proc:
+        print(f"{len(imgs)} training images; model {sum(p.numel() for p in model.parameters())} params; "
+              f"{world} process(es) on {dev.type}")
     T = model.num_groups
-    log = open(os.path.join(out_dir, "log.jsonl"), "a")
-    budget = tc.minutes * 60
-    last_ckpt, t_log, n_log = time.time(), time.time(), 0
-    acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "mse_pre": 0.0, "skipped": 0}
+    log = open(os.path.join(out_dir, "log.jsonl"), "a") if main_proc else None
+    budget, ckpt_every = tc.minutes * 60, tc.ckpt_minutes * 60
+    next_ckpt = (elapsed // ckpt_every + 1) * ckpt_every
+    t_log, n_log = time.time(), 0
+    acc = {"loss": 0.0, "bpp": 0.0, "dist": 0.0, "dist_pre": 0.0, "mse": 0.0, "mse_pre": 0.0, "skipped": 0}
+    group_bpp = torch.zeros(T)
 
     def save():
+        # Every process hands over its RNG state (collective); the first writes.
+        mine = {"py": gen.getstate(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None}
+        rngs = [mine]
+        if world > 1:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, mine)
+        if not main_proc:
+            return
         tmp = ckpt_path + ".tmp"
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "elapsed": elapsed, "loss_avg": loss_avg,
-                    "py_rng": gen.getstate(), "torch_rng": torch.get_rng_state(),
-                    "model_cfg": model_cfg, "train_cfg": asdict(tc)}, tmp)
+                    "step": step, "elapsed": elapsed, "loss_avg": loss_avg, "rngs": rngs,
+                    "world": world, "model_cfg": model_cfg, "train_cfg": asdict(tc)}, tmp)
         os.replace(tmp, ckpt_path)
         save_model(ema, os.path.join(out_dir, name), {
             "name": name, "training": {"iterations": step, "minutes": round(elapsed / 60, 1),
-                                       "batch": tc.batch, "crop": tc.crop, "lambda": tc.lmbda,
-                                       "data": list(tc.data)}})
+                                       "batch": tc.batch * world, "crop": tc.crop, "lambda": tc.lmbda,
+                                       "lambda_first": tc.lmbda_first or tc.lmbda,
+                                       "distortion": tc.distortion,
+                                       "init": tc.init or None, "data": list(tc.data)}})
 
     while elapsed < budget:
         t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(tc, step, elapsed / budget)
-        x = random_batch(imgs, tc.batch, tc.crop, gen)
+        x = random_batch(imgs, tc.batch, tc.crop, gen).to(dev, non_blocking=True)
         prefix = gen.randrange(1, T)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
-            x_hat, bits, x_pre = model(x, prefix=prefix)
-        mse = F.mse_loss(x_hat.float(), x)
-        mse_pre = F.mse_loss(x_pre.float(), x)
-        bpp = bits.sum() / (x.shape[0] * x.shape[2] * x.shape[3])
-        loss = bpp + tc.lmbda * 255 ** 2 * (mse + mse_pre)
-        lv = loss.item()
+        if world > 1:   # every process must score the same prefix (same graph for DDP)
+            pt = torch.tensor([prefix], device=dev)
+            dist.broadcast(pt, 0)
+            prefix = int(pt)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
+            bits, recon = net(x, prefixes=(prefix,))
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        gbpp = bits / pixels
+        d_all, d_pre = distortion(tc, recon[T].float(), x), distortion(tc, recon[prefix].float(), x)
+        bpp = gbpp.sum()
+        loss = (bpp + lambda_at(tc, T, T) * d_all
+                + gbpp[:prefix].sum() + lambda_at(tc, prefix, T) * d_pre)
+        # One number per iteration is shared by all processes: the mean loss
+        # (for the spike guard, which must decide alike everywhere or DDP
+        # would wait forever) and the mean seconds (so budgets agree).
+        stats = torch.tensor([loss.item(), 0.0], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(stats)
+            stats /= world
+        lv = float(stats[0])
         # Spike guard (the paper reverts on cost jumps): skip updates whose loss
         # is far above the running average rather than let them wreck the weights.
         if loss_avg is not None and step > tc.warmup and (lv > 3 * loss_avg or not math.isfinite(lv)):
@@ -150,24 +262,39 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - d)
         step += 1
-        elapsed += time.time() - t0
-        acc["loss"] += lv; acc["bpp"] += bpp.item(); acc["mse"] += mse.item(); acc["mse_pre"] += mse_pre.item()
+        dt = torch.tensor([time.time() - t0], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(dt)
+            dt /= world
+        elapsed += float(dt)
+        group_bpp += gbpp.detach().float().cpu()
+        with torch.no_grad():
+            mse, mse_pre = F.mse_loss(recon[T].float(), x).item(), F.mse_loss(recon[prefix].float(), x).item()
+        acc["loss"] += lv; acc["bpp"] += bpp.item(); acc["dist"] += d_all.item(); acc["dist_pre"] += d_pre.item()
+        acc["mse"] += mse; acc["mse_pre"] += mse_pre
         n_log += 1
         if n_log == 50:
-            dt = time.time() - t_log
+            dt_log = time.time() - t_log
             rec = {"step": step, "minutes": round(elapsed / 60, 2), "lr": opt.param_groups[0]["lr"],
                    **{k: (v / n_log if k != "skipped" else v) for k, v in acc.items()},
-                   "patches_per_s": round(n_log * tc.batch / dt, 2)}
+                   "patches_per_s": round(n_log * tc.batch * world / dt_log, 2),
+                   "bpp_groups": [round(v, 4) for v in (group_bpp / n_log).tolist()]}
             rec["psnr"] = -10 * math.log10(rec["mse"])
             rec["psnr_pre"] = -10 * math.log10(rec["mse_pre"])
-            log.write(json.dumps(rec) + "\n"); log.flush()
-            print(json.dumps(rec), flush=True)
+            if main_proc:
+                log.write(json.dumps(rec) + "\n"); log.flush()
+                print(json.dumps(rec), flush=True)
             t_log, n_log = time.time(), 0
             acc = {k: 0.0 if k != "skipped" else 0 for k in acc}
-        if time.time() - last_ckpt > tc.ckpt_minutes * 60:
-            save(); last_ckpt = time.time()
+            group_bpp.zero_()
+        if elapsed >= next_ckpt:
+            save()
+            next_ckpt += ckpt_every
     save()
-    print("done", step)
+    if main_proc:
+        print("done", step)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 def main(argv=None):
@@ -176,6 +303,7 @@ def main(argv=None):
     ap.add_argument("--name", required=True, help="model name for the exported weights")
     ap.add_argument("--model-config", default="{}", help="JSON overrides of the backbone config")
     ap.add_argument("--backbone", default="convdraw")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     for k, v in asdict(TrainConfig()).items():
         if k == "data":
             ap.add_argument("--data", nargs="+", default=list(v))
@@ -187,7 +315,8 @@ def main(argv=None):
     tc = TrainConfig(**{k: (tuple(getattr(a, k)) if k == "data" else getattr(a, k))
                         for k in asdict(TrainConfig())})
     cfg = {"backbone": a.backbone, **json.loads(a.model_config)}
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // world))
     train(cfg, tc, a.out, a.name)
 
 

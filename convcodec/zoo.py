@@ -30,19 +30,28 @@ class ModelError(Exception):
     """A model cannot be found, or its files are inconsistent."""
 
 
+# A backbone's name picks its default model: ``--model matnet``.
+FAMILY_DEFAULTS = {"convdraw": DEFAULT_MODEL, "matnet": "matnet-base"}
+
+
+def _backbone(name: str):
+    """(config class, model class) of a backbone, imported on demand (torch)."""
+    if name == "convdraw":
+        from .nets.convdraw import ConvDraw, ConvDrawConfig
+        return ConvDrawConfig, ConvDraw
+    if name == "matnet":
+        from .nets.matnet import MatNet, MatNetConfig
+        return MatNetConfig, MatNet
+    raise ModelError(f"unknown backbone {name!r}")
+
+
 def config_from_dict(d: dict):
-    backbone = d.get("backbone", "convdraw")
-    if backbone == "convdraw":
-        from .nets.convdraw import ConvDrawConfig
-        return ConvDrawConfig.from_dict({**ConvDrawConfig().to_dict(), **d})
-    raise ModelError(f"unknown backbone {backbone!r}")
+    cfg_cls, _ = _backbone(d.get("backbone", "convdraw"))
+    return cfg_cls.from_dict({**cfg_cls().to_dict(), **d})
 
 
 def build_model(cfg):
-    if cfg.backbone == "convdraw":
-        from .nets.convdraw import ConvDraw
-        return ConvDraw(cfg)
-    raise ModelError(f"unknown backbone {cfg.backbone!r}")
+    return _backbone(cfg.backbone)[1](cfg)
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -79,6 +88,7 @@ def resolve(name_or_path: str | None) -> Path:
         if not p.exists():
             raise ModelError(f"model file not found: {name_or_path}")
         return p
+    name_or_path = FAMILY_DEFAULTS.get(name_or_path, name_or_path)
     cand = MODELS_DIR / f"{name_or_path}.safetensors"
     if not cand.exists():
         avail = ", ".join(list_models()) or "none"

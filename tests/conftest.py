@@ -4,6 +4,7 @@ import torch
 
 from convcodec import zoo
 from convcodec.nets.convdraw import ConvDraw, ConvDrawConfig
+from convcodec.nets.matnet import MatNet, MatNetConfig
 
 # Tiny models run fastest on one thread, and a second thread only fights any
 # other job on a 2-core machine (a training run, CI's neighbours).
@@ -23,6 +24,28 @@ def make_tiny(path, seed=0, name="tiny", **over):
         m.log_width.fill_(-4.0)
     zoo.save_model(m, path, {"name": name})
     return str(path) + ".safetensors"
+
+
+TINY_MATNET = MatNetConfig(latent=4, width=8, groups=(1, 2, 2), analysis=(8, 8, 8), synthesis=(8, 8))
+
+
+def make_tiny_matnet(path, seed=0, name="tiny-matnet"):
+    torch.manual_seed(seed)
+    m = MatNet(TINY_MATNET)
+    with torch.no_grad():
+        m.log_width.fill_(-4.0)
+        # Residual branches start at zero (identity); perturb them so the
+        # test exercises every module, not only the skip paths.
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Conv2d) and not mod.weight.any():
+                mod.weight.normal_(0, 0.1)
+    zoo.save_model(m, path, {"name": name})
+    return str(path) + ".safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_matnet(tmp_path_factory):
+    return make_tiny_matnet(tmp_path_factory.mktemp("matnet") / "tiny-matnet")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from convcodec import codec
-from convcodec.nets import convdraw as cd
+from convcodec.nets import layers as cd
 from convcodec.zoo import load_model
 
 from .conftest import smooth_image

@@ -127,3 +127,27 @@ def test_damaged_chunk_is_refused(tiny_model):
     cdr.chunks[0] = bytes(len(cdr.chunks[0]))        # valid container, wrong payload
     with pytest.raises((ContainerError, codec.DesyncError)):
         codec.decode(C.pack(cdr), model=tiny_model)
+
+
+def test_decode_many_batches_and_equals_one_by_one(tiny_model):
+    """Files of one size and model share a network pass; every picture is
+    the one decode() gives, at temperature 0 and 1; mixed sizes, step counts
+    and models are bucketed."""
+    files = [codec.encode(smooth_image(24, 40, seed=i), model=tiny_model, steps=s).data
+             for i, s in ((0, 2), (1, 2), (2, 2), (3, 4))]
+    files.append(codec.encode(smooth_image(17, 9), model=tiny_model).data)
+    for temp in (0.0, 1.0):
+        calls = []
+        orig = codec._decode_batch
+
+        def spy(net, cdrs, *a):
+            calls.append(len(cdrs))
+            return orig(net, cdrs, *a)
+        codec._decode_batch = spy
+        try:
+            got = codec.decode_many(files, model=tiny_model, temperature=temp, seed=3, batch=2)
+        finally:
+            codec._decode_batch = orig
+        assert sorted(calls) == [1, 1, 1, 2]        # (2 + 1) of one bucket, then two singles
+        for f, g in zip(files, got):
+            np.testing.assert_array_equal(g, codec.decode(f, model=tiny_model, temperature=temp, seed=3))

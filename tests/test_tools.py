@@ -61,3 +61,21 @@ def test_small_run_writes_everything(tmp_path, tiny_model, monkeypatch):
         for p in pts:
             assert {"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"} <= set(p)
     assert res["bd_rate"]["psnr"]["vs JPEG2000"]["JPEG"] is not None
+
+
+def test_bench_prints_and_writes_its_figures(tmp_path, tiny_model, monkeypatch, capsys):
+    bench = _tool("bench")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(smooth_image(48, 64)).save(imgs / "kodim01.png")
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--images", str(imgs), "--limit", "1", "--threads", "1",
+                                      "--model", tiny_model, "--json", str(out)])
+    bench.main()
+    text = capsys.readouterr().out
+    assert "| cpu | 1 | 4 |" in text and "batch 8" in text and "JPEG2000" in text
+    run = json.loads(out.read_text())["runs"][0]
+    assert set(run["steps"]) == {"1", "4"}                  # 1, 4, 8 and all, capped at 4 groups
+    v = run["steps"]["4"]
+    assert v["decode_s"] == pytest.approx(v["decode_network_s"] + v["decode_entropy_s"], abs=2e-4)
+    assert all(x > 0 for x in run["decode_many"].values()) and run["peak_rss_mib"] > 0

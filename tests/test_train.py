@@ -37,3 +37,48 @@ def test_refuses_kodak(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "kodim01.png")
     with pytest.raises(SystemExit, match="Kodak"):
         load_images([str(d)])
+
+
+def _ddp_worker(rank, world, port, cfg, tc, out):
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(cfg, tc, out, "d")
+
+
+def test_ddp_two_processes_on_cpu_and_resume(tmp_path):
+    """The same script under torchrun: two gloo processes, one checkpoint
+    holding both processes' RNG states, resumed by a second launch."""
+    import socket
+    import torch.multiprocessing as mp
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(48, 64, seed=i)).save(data / f"{i}.png")
+    out = str(tmp_path / "run")
+    tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.03, warmup=2, ckpt_minutes=100,
+                     device="cpu")
+    for minutes in (0.03, 0.06):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_ddp_worker, args=(2, port, TINY.to_dict(), TrainConfig(**{**tc.__dict__, "minutes": minutes}), out),
+                 nprocs=2, join=True)
+        ck = torch.load(f"{out}/ckpt.pt", weights_only=False)
+        assert ck["world"] == 2 and len(ck["rngs"]) == 2
+        assert ck["rngs"][0]["py"] != ck["rngs"][1]["py"]     # each process draws its own crops
+        if minutes == 0.03:
+            first = ck["step"]
+    assert ck["step"] > first
+    net, info = zoo.load_model(f"{out}/d.safetensors")
+    assert info["card"]["training"]["batch"] == 4
+
+
+def test_msssim_distortion_option(tmp_path):
+    from convcodec.train import distortion
+    x = torch.rand(2, 3, 64, 64)
+    tc = TrainConfig(distortion="msssim")
+    assert float(distortion(tc, x, x)) < 1e-5
+    assert float(distortion(tc, x.flip(-1), x)) > 0.1
+    assert float(distortion(TrainConfig(), x, x)) == 0.0

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Speed benchmark: median seconds per image to encode and decode with the
 default model at 1, 4, 8 and all steps, with 1 and 2 CPU threads, split into
-network time and entropy-coding time; peak memory; Pillow's JPEG2000 and
-AVIF timed in the same run as the yardstick. Prints a table, writes JSON.
+network time and entropy-coding time; peak memory; images per second with
+batched decoding (codec.decode_many), and the same figures on CUDA when a
+GPU is present; Pillow's JPEG2000 and AVIF timed in the same run as the
+yardstick. Prints a table, writes JSON.
 
     python tools/bench.py --images ../shared/data/kodak --limit 6 --json results/bench.json
 
@@ -21,7 +23,7 @@ import sys
 CHILD = r"""
 import io, json, resource, sys, time
 import numpy as np, torch
-threads, model, paths = int(sys.argv[1]), (sys.argv[2] or None), sys.argv[3:]
+threads, dev, model, paths = int(sys.argv[1]), sys.argv[2], (sys.argv[3] or None), sys.argv[4:]
 torch.set_num_threads(threads)
 from PIL import Image
 from convcodec import codec, entropy
@@ -40,22 +42,33 @@ net, info = codec.load_model(model)
 T = net.num_groups
 steps = sorted({s for s in (1, 4, 8, T) if s <= T})
 imgs = [load_image(p) for p in paths]
-codec.decode(codec.encode(imgs[0][:64, :64], model=model).data)       # warm-up
-res = {"threads": threads, "model": info["name"], "steps": {}}
+codec.decode(codec.encode(imgs[0][:64, :64], model=model, device=dev).data, model=model, device=dev)   # warm-up
+sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+res = {"threads": threads, "device": dev, "model": info["name"], "steps": {}}
 for s in steps:
     enc_t, enc_e, dec_t, dec_e = [], [], [], []
     for rgb in imgs:
         spent["t"] = 0.0; t0 = time.perf_counter()
-        e = codec.encode(rgb, model=model, steps=s)
+        e = codec.encode(rgb, model=model, steps=s, device=dev); sync()
         enc_t.append(time.perf_counter() - t0); enc_e.append(spent["t"])
         spent["t"] = 0.0; t0 = time.perf_counter()
-        codec.decode(e.data)
+        codec.decode(e.data, model=model, device=dev); sync()
         dec_t.append(time.perf_counter() - t0); dec_e.append(spent["t"])
     med = lambda v: round(float(np.median(v)), 4)
     res["steps"][s] = {"encode_s": med(enc_t), "encode_entropy_s": med(enc_e),
                        "encode_network_s": med(np.subtract(enc_t, enc_e)),
                        "decode_s": med(dec_t), "decode_entropy_s": med(dec_e),
                        "decode_network_s": med(np.subtract(dec_t, dec_e))}
+# Throughput with batching (codec.decode_many): files of one size share a
+# network pass. On CUDA this is what fills the GPU; the files are repeated to
+# make enough work.
+files = [codec.encode(rgb, model=model, device=dev).data for rgb in imgs]
+files = files * (max(1, 64 // len(files)) if dev == "cuda" else 1)
+res["decode_many"] = {}
+for bs in ((1, 8, 32) if dev == "cuda" else (1, 8)):
+    codec.decode_many(files[:bs], model=model, batch=bs, device=dev); sync()
+    t0 = time.perf_counter(); codec.decode_many(files, model=model, batch=bs, device=dev); sync()
+    res["decode_many"][bs] = round(len(files) / (time.perf_counter() - t0), 2)
 yard = {}
 for name, fmt, params in (("JPEG2000 0.5 bpp", "JPEG2000", {"quality_mode": "rates", "quality_layers": [48], "irreversible": True}),
                           ("AVIF q50", "AVIF", {"quality": 50})):
@@ -82,25 +95,30 @@ def main():
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
     if not paths:
         sys.exit(f"no PNG images in {a.images}")
-    runs = []
-    for th in a.threads.split(","):
-        r = subprocess.run([sys.executable, "-c", CHILD, th, a.model, *paths], capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(r.stderr)
-        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     try:
         import torch
         cuda = torch.cuda.is_available()
     except ImportError:
         cuda = False
+    runs = []
+    for th, dev in [(th, "cpu") for th in a.threads.split(",")] + ([("2", "cuda")] if cuda else []):
+        r = subprocess.run([sys.executable, "-c", CHILD, th, dev, a.model, *paths], capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(r.stderr)
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     print(f"model {runs[0]['model']}, {len(paths)} Kodak images (768x512), median seconds per image"
           + ("" if cuda else "; no CUDA device here"))
-    print("| threads | steps | encode s (network + entropy) | decode s (network + entropy) |")
-    print("|---:|---:|---|---|")
+    print("| device | threads | steps | encode s (network + entropy) | decode s (network + entropy) |")
+    print("|---|---:|---:|---|---|")
     for r in runs:
         for s, v in r["steps"].items():
-            print(f"| {r['threads']} | {s} | {v['encode_s']:.3f} ({v['encode_network_s']:.3f} + {v['encode_entropy_s']:.3f}) "
-                  f"| {v['decode_s']:.3f} ({v['decode_network_s']:.3f} + {v['decode_entropy_s']:.3f}) |")
+            print(f"| {r['device']} | {r['threads']} | {s} | {v['encode_s']:.3f} ({v['encode_network_s']:.3f} + "
+                  f"{v['encode_entropy_s']:.3f}) | {v['decode_s']:.3f} ({v['decode_network_s']:.3f} + "
+                  f"{v['decode_entropy_s']:.3f}) |")
+    print("\nbatched decoding (codec.decode_many, all groups), images per second:")
+    for r in runs:
+        print(f"  {r['device']} {r['threads']} thread(s): " + ", ".join(
+            f"batch {b}: {v}" for b, v in r["decode_many"].items()))
     print("\nyardsticks (Pillow, same run):")
     for r in runs:
         for name, v in r["yardsticks"].items():

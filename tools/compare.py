@@ -94,7 +94,10 @@ def envelope(agg, names, label):
             for b, q, p in sorted(pts, key=lambda t: t[0]) if (b, q) in keep]
 
 
-def bd_table(agg, anchors=("JPEG2000", "JPEG")):
+ANCHOR_CODECS = ("JPEG2000", "JPEG", "WebP", "AVIF")
+
+
+def bd_table(agg, anchors=ANCHOR_CODECS):
     res = {}
     for metric in ("psnr", "ms_ssim"):
         conv = (lambda v: v) if metric == "psnr" else msssim_db
@@ -117,7 +120,8 @@ def main():
     ap.add_argument("--out", default="results/kodak")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
     ap.add_argument("--models", default=None, help="comma-separated model names [default: all installed]")
-    ap.add_argument("--no-temperature-1", action="store_true", help="skip the T=1 decodes")
+    ap.add_argument("--no-temperature-1", action="store_true",
+                    help="skip the T=1 decodes (made for the first model only: they feed Figure 4)")
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args()
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
@@ -143,7 +147,7 @@ def main():
             full = codec.encode(rgb, model=m)
             te = time.perf_counter() - t0
             groups_bits.setdefault(m, []).append([8 * n for n in full.cdr.group_bytes])
-            temps = [0.0] if a.no_temperature_1 else [0.0, 1.0]
+            temps = [0.0] if a.no_temperature_1 or m != models[0] else [0.0, 1.0]
             for t in range(1, net.num_groups + 1):
                 data = container.pack(container.truncate(full.cdr, t))
                 sizes[(m, img, t)] = len(data)
@@ -168,14 +172,15 @@ def main():
                      "WebP": "Pillow libwebp, method 6", "AVIF": "Pillow libavif defaults (speed 6, 4:2:0)",
                      "convcodec": "bits from real .cdr files; encode_s is the time to encode all groups once; "
                                   "T=1 rows regenerate unstored groups from the prior at temperature 1, seed 0"}}
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
     with open(os.path.join(a.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["codec", "setting", "image", "bytes", "bpp", "psnr", "ms_ssim",
                                           "encode_s", "decode_s", "model"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    summary = write_summary(a.out, agg, bd, len(images), wall)
+    res["models"] = model_table(models, agg, bd)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    summary = write_summary(a.out, agg, bd, len(images), wall, res["models"])
     print(summary)
     if not a.no_plots:
         plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models)
@@ -186,17 +191,51 @@ def psnr_at(pts, b):
     return "–" if v is None else f"{v:.2f}"
 
 
-def write_summary(out, agg, bd, n, wall):
+def model_table(models, agg, bd):
+    """One row per convcodec model: backbone, size, training cost (from its
+    card), BD-rate and speed (from this run): the backbone comparison."""
+    out = []
+    for m in models:
+        net, info = load_model(m)
+        card, name = info["card"], f"convcodec {m}"
+        tr = card.get("training", {})
+        pts = agg[name]
+        out.append({"model": m, "backbone": net.cfg.backbone, "groups": net.num_groups,
+                    "parameters": sum(p.numel() for p in net.parameters()),
+                    "train_minutes": tr.get("wall_minutes"), "train_hardware": tr.get("hardware"),
+                    "patches_per_s": tr.get("patches_per_s_median"),
+                    "train_minutes_total": tr.get("wall_minutes_total", tr.get("wall_minutes")),
+                    "bd_psnr_vs_jpeg": bd.get("psnr", {}).get("vs JPEG", {}).get(name),
+                    "bd_psnr_vs_jpeg2000": bd.get("psnr", {}).get("vs JPEG2000", {}).get(name),
+                    "bpp_range": [pts[0]["bpp"], pts[-1]["bpp"]],
+                    "encode_s": float(np.median([p["encode_s"] for p in pts])),
+                    "decode_s": float(np.median([p["decode_s"] for p in pts]))})
+    return out
+
+
+def write_summary(out, agg, bd, n, wall, models=()):
     lines = [f"# Rate–distortion on {n} images", "",
              f"Bits from real file sizes; CompressAI-style means per setting. Run time {wall / 60:.1f} min.", "",
              "## BD-rate (%, negative = fewer bits than the anchor at equal quality)", "",
-             "| codec | PSNR vs JPEG2000 | PSNR vs JPEG | MS-SSIM vs JPEG2000 | MS-SSIM vs JPEG |",
-             "|---|---:|---:|---:|---:|"]
+             "| codec | " + " | ".join(f"PSNR vs {a}" for a in ANCHOR_CODECS)
+             + " | MS-SSIM vs JPEG2000 | MS-SSIM vs JPEG |",
+             "|---|" + "---:|" * (len(ANCHOR_CODECS) + 2)]
     fmt = lambda v: "–" if v is None else f"{v:+.1f}"
     for name in agg:
         g = lambda m, a: bd.get(m, {}).get(f"vs {a}", {}).get(name)
-        lines.append(f"| {name} | {fmt(g('psnr', 'JPEG2000'))} | {fmt(g('psnr', 'JPEG'))} | "
-                     f"{fmt(g('ms_ssim', 'JPEG2000'))} | {fmt(g('ms_ssim', 'JPEG'))} |")
+        lines.append(f"| {name} | " + " | ".join(fmt(g("psnr", a)) for a in ANCHOR_CODECS)
+                     + f" | {fmt(g('ms_ssim', 'JPEG2000'))} | {fmt(g('ms_ssim', 'JPEG'))} |")
+    if models:
+        lines += ["", "## convcodec models (training cost from each card; the rest from this run)", "",
+                  "| model | backbone | groups | parameters | training min (total) | patches/s | "
+                  "PSNR BD vs JPEG | vs JPEG2000 | bpp range | encode s | decode s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for r in models:
+            lines.append(f"| {r['model']} | {r['backbone']} | {r['groups']} | {r['parameters'] / 1e6:.2f} M | "
+                         f"{r['train_minutes']} ({r['train_minutes_total']}) | {r['patches_per_s']} | "
+                         f"{fmt(r['bd_psnr_vs_jpeg'])} | {fmt(r['bd_psnr_vs_jpeg2000'])} | "
+                         f"{r['bpp_range'][0]:.3f}–{r['bpp_range'][1]:.3f} | {r['encode_s']:.3f} | "
+                         f"{r['decode_s']:.3f} |")
     lines += ["", "## PSNR (dB) at fixed rates, and median seconds per image", "",
               "| codec | 0.1 bpp | 0.25 bpp | 0.5 bpp | 1 bpp | range (bpp) | encode s | decode s |",
               "|---|---:|---:|---:|---:|---|---:|---:|"]

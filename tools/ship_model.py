@@ -17,7 +17,21 @@ import platform
 import numpy as np
 import torch
 
-from convcodec.zoo import MODELS_DIR, build_model, config_from_dict, save_model
+from convcodec.zoo import MODELS_DIR, ModelError, build_model, config_from_dict, load_model, save_model
+
+
+def init_record(init: str | None) -> dict:
+    """What a run started from, and that model's own training minutes, so a
+    card can state the total compute behind it."""
+    if not init:
+        return {"init": None, "init_minutes": 0.0}
+    try:
+        _, info = load_model(init)
+    except ModelError:
+        return {"init": init, "init_minutes": None}
+    tr = info["card"].get("training", {})
+    return {"init": f"{info['name']} (sha256 {info['sha256'][:12]})",
+            "init_minutes": tr.get("wall_minutes_total", tr.get("wall_minutes"))}
 
 
 def main():
@@ -34,19 +48,26 @@ def main():
     tc = ck["train_cfg"]
     hw = a.hardware or f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     last = log[-1] if log else {}
+    lam_first = tc.get("lmbda_first") or tc["lmbda"]
+    ini = init_record(tc.get("init"))
+    own = round(ck["elapsed"] / 60, 1)
     card = {
         "name": a.name,
         "description": a.notes,
         "training": {
             "data": list(tc["data"]), "never_trained_on": "Kodak",
             "iterations": ck["step"], "batch": tc["batch"], "crop": tc["crop"],
-            "patches": ck["step"] * tc["batch"], "lambda": tc["lmbda"], "lr": tc["lr"],
+            "patches": ck["step"] * tc["batch"], "lambda": tc["lmbda"], "lambda_first": lam_first,
+            "lr": tc["lr"], "init": ini["init"],
             "schedule": f"warm-up {tc['warmup']} it, cosine over {tc['minutes']} min to {tc['lr_final']}x",
             "ema": tc["ema"], "bf16_autocast": tc["bf16"],
-            "wall_minutes": round(ck["elapsed"] / 60, 1), "hardware": hw,
+            "wall_minutes": own, "hardware": hw,
+            "wall_minutes_total": None if ini["init_minutes"] is None else round(own + ini["init_minutes"], 1),
             "patches_per_s_median": float(np.median([r["patches_per_s"] for r in log])) if log else None,
-            "final_train_log": {k: last.get(k) for k in ("step", "loss", "bpp", "psnr", "psnr_pre")},
-            "objective": "bpp + lambda*255^2*(MSE(all groups) + MSE(random prefix, rest from prior mean))",
+            "final_train_log": {k: last.get(k) for k in ("step", "loss", "bpp", "psnr", "psnr_pre", "bpp_groups")},
+            "objective": ("sum over t in {random prefix, all groups} of bpp(first t groups) + "
+                          "lambda_t*255^2*MSE(first t groups, rest from the prior mean); lambda_t "
+                          f"log-spaced from {lam_first} (t=1) to {tc['lmbda']} (all groups)"),
         },
     }
     save_model(model, MODELS_DIR / a.name, card)

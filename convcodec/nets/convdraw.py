@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .layers import ConvLSTMCell, analysis, gaussian_bits, synthesis
+from .layers import ConvLSTMCell, analysis, run_analysis, run_synthesis, synthesis
+from .rollout import noisy_rollout
 
 
 @dataclass
@@ -78,30 +79,6 @@ class EncoderState:
     c: torch.Tensor
 
 
-# Inference on big images runs g_a and g_s in bands of BAND_ROWS pixel rows,
-# so memory stays bounded. Each band carries a halo wider than the receptive
-# field, so the result is that of one pass over the whole image: no seams.
-BAND_ROWS = 256
-ANALYSIS_HALO = 32      # pixels; g_a's receptive field reaches 29 (multiple of the stride)
-SYNTHESIS_HALO = 2      # canvas rows; g_s's receptive field reaches < 2
-
-
-def _in_bands(fn, x: torch.Tensor, band: int, halo: int, up: int, down: int) -> torch.Tensor:
-    """fn(x) for a row-local fn whose output has up/down rows per input row,
-    computed in bands of ``band`` input rows with ``halo`` rows of context each
-    side. Used only at inference on images taller than BAND_ROWS plus halos
-    (in pixels), where it bounds memory; elsewhere one pass."""
-    rows = x.shape[-2]
-    if torch.is_grad_enabled() or rows * up <= BAND_ROWS + 2 * ANALYSIS_HALO:
-        return fn(x)
-    out = []
-    for a in range(0, rows, band):
-        b = min(rows, a + band)
-        lo, hi = max(0, a - halo), min(rows, b + halo)
-        out.append(fn(x[..., lo:hi, :])[..., (a - lo) * up // down:(b - lo) * up // down, :])
-    return torch.cat(out, -2)
-
-
 class ConvDraw(nn.Module):
     def __init__(self, cfg: ConvDrawConfig):
         super().__init__()
@@ -138,8 +115,7 @@ class ConvDraw(nn.Module):
 
     def begin(self, x01: torch.Tensor) -> torch.Tensor:
         """Encoder-side context computed once per image: y = g_a(x)."""
-        return _in_bands(lambda t: self.g_a(t).float(), x01 - 0.5,
-                         BAND_ROWS, ANALYSIS_HALO, up=1, down=self.cfg.stride)
+        return run_analysis(self.g_a, x01, self.cfg.stride)
 
     def prior(self, st: DecoderState):
         """p(z_t | z_<t): mean and std (latent units) from the decoder state."""
@@ -158,36 +134,9 @@ class ConvDraw(nn.Module):
 
     def render(self, st: DecoderState) -> torch.Tensor:
         """x_hat = g_s(canvas), in [0, 1] up to clamping (padded size)."""
-        s = self.cfg.stride
-        return _in_bands(lambda t: self.g_s(t).float(), st.canvas,
-                         BAND_ROWS // s, SYNTHESIS_HALO, up=s, down=1) + 0.5
+        return run_synthesis(self.g_s, st.canvas, self.cfg.stride)
 
     # ---- training ----
-    def forward(self, x01: torch.Tensor, prefix: int | None = None):
-        """Noisy-quantization pass for training.
-
-        Returns (x_hat, bits per group [T] summed over the batch, x_prefix):
-        x_prefix is the reconstruction from the first ``prefix`` groups with the
-        rest regenerated from the prior mean, exactly what the decoder shows for
-        a file cut after ``prefix`` groups.
-        """
-        b, _, hgt, wid = x01.shape
-        y = self.begin(x01)
-        st, enc = self.init_state(b, hgt, wid, x01.device)
-        w = self.width()
-        bits, st_prefix = [], None
-        for t in range(self.num_groups):
-            mu_p, sigma_p = self.prior(st)
-            mu_q, enc = self.posterior(y, st, enc)
-            z = mu_q + w * (torch.rand_like(mu_q) - 0.5)
-            bits.append(gaussian_bits((z - mu_p) / w, sigma_p / w).sum())
-            st = self.update(st, z)
-            if prefix is not None and t + 1 == prefix:
-                st_prefix = st
-        x_prefix = None
-        if st_prefix is not None:
-            for _ in range(prefix, self.num_groups):
-                mu_p, _ = self.prior(st_prefix)
-                st_prefix = self.update(st_prefix, mu_p)
-            x_prefix = self.render(st_prefix)
-        return self.render(st), torch.stack(bits), x_prefix
+    def forward(self, x01: torch.Tensor, prefixes=()):
+        """Noisy-quantization pass for training; see nets.rollout.noisy_rollout."""
+        return noisy_rollout(self, x01, prefixes)

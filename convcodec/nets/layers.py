@@ -100,3 +100,38 @@ def synthesis(in_ch: int, widths: tuple[int, ...], out_ch: int, kernel: int = 3)
             layers.append(GDN(w, inverse=True))
         c = w
     return nn.Sequential(*layers)
+
+
+# Inference on big images runs g_a and g_s in bands of BAND_ROWS pixel rows,
+# so memory stays bounded. Each band carries a halo wider than the receptive
+# field, so the result is that of one pass over the whole image: no seams.
+BAND_ROWS = 256
+ANALYSIS_HALO = 32      # pixels; g_a's receptive field reaches 29 (multiple of the stride)
+SYNTHESIS_HALO = 2      # canvas rows; g_s's receptive field reaches < 2
+
+
+def _in_bands(fn, x: torch.Tensor, band: int, halo: int, up: int, down: int) -> torch.Tensor:
+    """fn(x) for a row-local fn whose output has up/down rows per input row,
+    computed in bands of ``band`` input rows with ``halo`` rows of context each
+    side. Used only at inference on images taller than BAND_ROWS plus halos
+    (in pixels), where it bounds memory; elsewhere one pass."""
+    rows = x.shape[-2]
+    if torch.is_grad_enabled() or rows * up <= BAND_ROWS + 2 * ANALYSIS_HALO:
+        return fn(x)
+    out = []
+    for a in range(0, rows, band):
+        b = min(rows, a + band)
+        lo, hi = max(0, a - halo), min(rows, b + halo)
+        out.append(fn(x[..., lo:hi, :])[..., (a - lo) * up // down:(b - lo) * up // down, :])
+    return torch.cat(out, -2)
+
+
+def run_analysis(g_a: nn.Module, x01: torch.Tensor, stride: int) -> torch.Tensor:
+    """y = g_a(x - 1/2) in float32, banded on big images (``stride`` = g_a's)."""
+    return _in_bands(lambda t: g_a(t).float(), x01 - 0.5, BAND_ROWS, ANALYSIS_HALO, up=1, down=stride)
+
+
+def run_synthesis(g_s: nn.Module, y: torch.Tensor, stride: int) -> torch.Tensor:
+    """x_hat = g_s(y) + 1/2 in float32, banded on big images."""
+    return _in_bands(lambda t: g_s(t).float(), y, BAND_ROWS // stride, SYNTHESIS_HALO,
+                     up=stride, down=1) + 0.5
