@@ -128,6 +128,26 @@ def decompress(data: bytes | os.PathLike | str, steps: int | None = None, temper
     return Image.fromarray(rgb, "RGB")
 
 
+def decompress_many(files, temperature: float = 0.0, seed: int = 0, model: str | None = None,
+                    device: str = "auto", batch: int = 16) -> list["Image.Image"]:
+    """Decode several ``.cdr`` files (bytes or paths) to RGB PIL images.
+
+    Files made by the same model at the same size go through the network
+    together, ``batch`` at a time: the way to keep a GPU busy. Each picture
+    is exactly what ``decompress`` gives for that file.
+    """
+    from PIL import Image
+    from . import codec
+    blobs = []
+    for f in files:
+        if not isinstance(f, (bytes, bytearray, memoryview)):
+            with open(f, "rb") as fh:
+                f = fh.read()
+        blobs.append(bytes(f))
+    pics = codec.decode_many(blobs, model=model, temperature=temperature, seed=seed, device=device, batch=batch)
+    return [Image.fromarray(p, "RGB") for p in pics]
+
+
 def cut(data: bytes, steps: int | None = None, max_bytes: int | None = None) -> bytes:
     """Cut a ``.cdr`` file to fewer groups without re-encoding."""
     cdr = unpack(bytes(data))

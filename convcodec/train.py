@@ -152,7 +152,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     step, elapsed, gen = 0, 0.0, random.Random(tc.seed * 1000 + rank)
-    loss_avg = None
+    loss_avg, gn_avg, skips_in_row = None, None, 0
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False, map_location=dev)  # our own file, written below
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
@@ -196,7 +196,9 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     budget, ckpt_every = tc.minutes * 60, tc.ckpt_minutes * 60
     next_ckpt = (elapsed // ckpt_every + 1) * ckpt_every
     t_log, n_log = time.time(), 0
-    acc = {"loss": 0.0, "bpp": 0.0, "dist": 0.0, "dist_pre": 0.0, "mse": 0.0, "mse_pre": 0.0, "skipped": 0}
+    acc = {"loss": 0.0, "bpp": 0.0, "dist": 0.0, "dist_pre": 0.0, "mse": 0.0, "mse_pre": 0.0,
+           "skipped": 0, "reverted": 0}
+    counts = ("skipped", "reverted")
     group_bpp = torch.zeros(T)
 
     def save():
@@ -247,45 +249,71 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
             dist.all_reduce(stats)
             stats /= world
         lv = float(stats[0])
-        # Spike guard (the paper reverts on cost jumps): skip updates whose loss
-        # is far above the running average rather than let them wreck the weights.
-        if loss_avg is not None and step > tc.warmup and (lv > 3 * loss_avg or not math.isfinite(lv)):
-            acc["skipped"] += 1
+        # Spike guards. The paper reverts to older parameters when the cost
+        # jumps; we (1) skip an update whose loss is far above the running
+        # average, or whose gradient norm is far above its running average
+        # (as vdvae does: Adam rescales gradients, so clipping alone does not
+        # stop a wild step), and (2) after many skips in a row, revert to the
+        # last checkpoint, since by then the weights themselves have gone bad.
+        # All decisions use numbers that every DDP process shares.
+        guarded = loss_avg is not None and step > tc.warmup
+        if guarded and (lv > 3 * loss_avg or not math.isfinite(lv)):
+            skip = True
         else:
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-            opt.step()
-            loss_avg = lv if loss_avg is None else 0.99 * loss_avg + 0.01 * lv
-            with torch.no_grad():
-                d = min(tc.ema, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - d)
+            gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
+            skip = guarded and gn_avg is not None and (not math.isfinite(gn) or gn > 20 * gn_avg)
+            if not skip:
+                opt.step()
+                loss_avg = lv if loss_avg is None else 0.99 * loss_avg + 0.01 * lv
+                gn_avg = gn if gn_avg is None else 0.99 * gn_avg + 0.01 * min(gn, 5 * gn_avg)
+                with torch.no_grad():
+                    d = min(tc.ema, (1 + step) / (10 + step))
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.lerp_(pm, 1 - d)
+        if skip:
+            acc["skipped"] += 1
+            skips_in_row += 1
+            if skips_in_row >= 20 and os.path.exists(ckpt_path):
+                ck = torch.load(ckpt_path, weights_only=False, map_location=dev)
+                model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
+                opt.load_state_dict(ck["opt"]); loss_avg = ck["loss_avg"]
+                gn_avg, skips_in_row = None, 0
+                acc["reverted"] += 1
+                if main_proc:
+                    print(f"reverted to the checkpoint of step {ck['step']} after 20 skipped updates", flush=True)
+        else:
+            skips_in_row = 0
         step += 1
         dt = torch.tensor([time.time() - t0], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(dt)
             dt /= world
         elapsed += float(dt)
-        group_bpp += gbpp.detach().float().cpu()
-        with torch.no_grad():
-            mse, mse_pre = F.mse_loss(recon[T].float(), x).item(), F.mse_loss(recon[prefix].float(), x).item()
-        acc["loss"] += lv; acc["bpp"] += bpp.item(); acc["dist"] += d_all.item(); acc["dist_pre"] += d_pre.item()
-        acc["mse"] += mse; acc["mse_pre"] += mse_pre
         n_log += 1
+        if not skip:   # averages are over the updates made; skips are counted
+            group_bpp += gbpp.detach().float().cpu()
+            with torch.no_grad():
+                mse, mse_pre = F.mse_loss(recon[T].float(), x).item(), F.mse_loss(recon[prefix].float(), x).item()
+            acc["loss"] += lv; acc["bpp"] += bpp.item(); acc["dist"] += d_all.item()
+            acc["dist_pre"] += d_pre.item(); acc["mse"] += mse; acc["mse_pre"] += mse_pre
         if n_log == 50:
             dt_log = time.time() - t_log
+            made = n_log - acc["skipped"]
             rec = {"step": step, "minutes": round(elapsed / 60, 2), "lr": opt.param_groups[0]["lr"],
-                   **{k: (v / n_log if k != "skipped" else v) for k, v in acc.items()},
-                   "patches_per_s": round(n_log * tc.batch * world / dt_log, 2),
-                   "bpp_groups": [round(v, 4) for v in (group_bpp / n_log).tolist()]}
-            rec["psnr"] = -10 * math.log10(rec["mse"])
-            rec["psnr_pre"] = -10 * math.log10(rec["mse_pre"])
+                   **{k: acc[k] for k in counts},
+                   "patches_per_s": round(n_log * tc.batch * world / dt_log, 2)}
+            if made:
+                rec.update({k: v / made for k, v in acc.items() if k not in counts})
+                rec["bpp_groups"] = [round(v, 4) for v in (group_bpp / made).tolist()]
+                rec["psnr"] = -10 * math.log10(max(rec["mse"], 1e-12))
+                rec["psnr_pre"] = -10 * math.log10(max(rec["mse_pre"], 1e-12))
             if main_proc:
                 log.write(json.dumps(rec) + "\n"); log.flush()
                 print(json.dumps(rec), flush=True)
             t_log, n_log = time.time(), 0
-            acc = {k: 0.0 if k != "skipped" else 0 for k in acc}
+            acc = {k: 0.0 if k not in counts else 0 for k in acc}
             group_bpp.zero_()
         if elapsed >= next_ckpt:
             save()

@@ -98,3 +98,13 @@ def test_budget_picks_the_model_that_decodes_best(img, tiny_model, other_model, 
         d = api.encode_to_budget(img, m, None, budget)
         scores[d] = psnr(img, codec.decode(d, model=m))
     assert data == max(scores, key=scores.get)
+
+
+def test_decompress_many_matches_decompress(tmp_path, img, tiny_model):
+    datas = [convcodec.compress(smooth_image(26, 37, seed=s), model=tiny_model, steps=3) for s in range(3)]
+    (tmp_path / "x.cdr").write_bytes(datas[0])
+    files = [tmp_path / "x.cdr", *datas[1:]]
+    got = convcodec.decompress_many(files, model=tiny_model, batch=2, temperature=1.0, seed=4)
+    for d, g in zip(datas, got):
+        want = convcodec.decompress(d, model=tiny_model, temperature=1.0, seed=4)
+        assert g.size == (37, 26) and np.array_equal(np.asarray(g), np.asarray(want))

@@ -82,3 +82,26 @@ def test_msssim_distortion_option(tmp_path):
     assert float(distortion(tc, x, x)) < 1e-5
     assert float(distortion(tc, x.flip(-1), x)) > 0.1
     assert float(distortion(TrainConfig(), x, x)) == 0.0
+
+
+def test_spikes_are_skipped_then_reverted(tmp_path, monkeypatch):
+    """A run whose loss goes bad skips those updates, and after 20 in a row
+    reverts to the last checkpoint: the exported weights stay finite."""
+    import json
+    import convcodec.train as T
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(smooth_image(48, 64)).save(data / "0.png")
+    out = tmp_path / "run"
+    tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.03, warmup=2, ckpt_minutes=100)
+    train(TINY.to_dict(), tc, str(out), "t")
+    good = torch.load(out / "ckpt.pt", weights_only=False)["step"]
+    real = T.distortion
+    monkeypatch.setattr(T, "distortion", lambda tc, a, b: real(tc, a, b) * float("nan"))
+    train(TINY.to_dict(), TrainConfig(**{**tc.__dict__, "minutes": 0.08}), str(out), "t")
+    logs = [json.loads(line) for line in open(out / "log.jsonl")]
+    after = [r for r in logs if r["step"] > good]
+    assert after and all(r["skipped"] == 50 for r in after)
+    assert sum(r["reverted"] for r in after) >= 1
+    net, _ = zoo.load_model(str(out / "t.safetensors"))
+    assert all(torch.isfinite(p).all() for p in net.parameters())

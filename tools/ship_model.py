@@ -45,6 +45,8 @@ def main():
     model = build_model(config_from_dict(ck["model_cfg"]))
     model.load_state_dict(ck["ema"])
     log = [json.loads(l) for l in open(os.path.join(a.run, "log.jsonl"))]
+    # A resumed run logs the steps after its checkpoint again: keep the last.
+    log = sorted({r["step"]: r for r in log}.values(), key=lambda r: r["step"])
     tc = ck["train_cfg"]
     hw = a.hardware or f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     last = log[-1] if log else {}

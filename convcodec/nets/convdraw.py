@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .layers import ConvLSTMCell, analysis, run_analysis, run_synthesis, synthesis
+from .layers import ConvLSTMCell, analysis, by_rows, run_analysis, run_synthesis, synthesis
 from .rollout import noisy_rollout
 
 
@@ -119,18 +119,22 @@ class ConvDraw(nn.Module):
 
     def prior(self, st: DecoderState):
         """p(z_t | z_<t): mean and std (latent units) from the decoder state."""
-        mu, log_sigma = self.p_head(st.h).float().chunk(2, 1)
+        mu, log_sigma = by_rows(lambda h: self.p_head(h).float().chunk(2, 1), st.h, halo=1)
         return mu, log_sigma.clamp(-10, 10).exp()
 
     def posterior(self, y: torch.Tensor, st: DecoderState, enc: EncoderState):
         """Mean of q(z_t | x, z_<t) and the encoder's next state (encoder only)."""
-        inp = self.reader(torch.cat([y, st.canvas, st.h], 1))
-        h, c = self.enc(inp, enc.h, enc.c)
-        return self.q_head(h).float(), EncoderState(h, c)
+        def step(y, canvas, h_dec, h, c):
+            h, c = self.enc(self.reader(torch.cat([y, canvas, h_dec], 1)), h, c)
+            return self.q_head(h).float(), h, c
+        mu_q, h, c = by_rows(step, y, st.canvas, st.h, enc.h, enc.c, halo=2)
+        return mu_q, EncoderState(h, c)
 
     def update(self, st: DecoderState, z: torch.Tensor) -> DecoderState:
-        h, c = self.dec(z, st.h, st.c)
-        return DecoderState(h, c, st.canvas + self.writer(h).float())
+        def step(z, h, c, canvas):
+            h, c = self.dec(z, h, c)
+            return h, c, canvas + self.writer(h).float()
+        return DecoderState(*by_rows(step, z, st.h, st.c, st.canvas, halo=2))
 
     def render(self, st: DecoderState) -> torch.Tensor:
         """x_hat = g_s(canvas), in [0, 1] up to clamping (padded size)."""

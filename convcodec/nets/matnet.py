@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import analysis, run_analysis, run_synthesis, synthesis
+from .layers import analysis, by_rows, run_analysis, run_synthesis, synthesis
 from .rollout import noisy_rollout
 
 
@@ -161,20 +161,23 @@ class MatNet(nn.Module):
         return feats[::-1]
 
     def prior(self, st: TopDownState):
-        mu, log_sigma = self.prior_heads[st.g](st.h).float().chunk(2, 1)
+        mu, log_sigma = by_rows(lambda h: self.prior_heads[st.g](h).float().chunk(2, 1), st.h, halo=2)
         return mu, log_sigma.clamp(-10, 10).exp()
 
     def posterior(self, h_b: list[torch.Tensor], st: TopDownState, enc: MergeState):
         g = st.g
-        hm = self.merge[g](enc.h, torch.cat([enc.h, h_b[self._scale_of[g]], st.h], 1)).float()
-        mu_q = self.q_heads[g](hm).float()
+        def step(hm, hb, ht):
+            hm = self.merge[g](hm, torch.cat([hm, hb, ht], 1)).float()
+            return hm, self.q_heads[g](hm).float()
+        hm, mu_q = by_rows(step, enc.h, h_b[self._scale_of[g]], st.h, halo=3)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             hm = self.up_m[self._scale_of[g]](hm).float()
         return mu_q, MergeState(hm)
 
     def update(self, st: TopDownState, z: torch.Tensor) -> TopDownState:
         g = st.g
-        h = self.td[g](st.h, torch.cat([st.h, z.to(st.h.dtype)], 1)).float()
+        (h,) = by_rows(lambda h, z: (self.td[g](h, torch.cat([h, z.to(h.dtype)], 1)).float(),),
+                       st.h, z, halo=2)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             h = self.up_t[self._scale_of[g]](h).float()
         return TopDownState(h, g + 1)
