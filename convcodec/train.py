@@ -62,6 +62,7 @@ class TrainConfig:
     init: str = ""                            # start from these weights (model name or .safetensors)
     device: str = "auto"                      # auto (CUDA when present), cpu or cuda
     distortion: str = "mse"                   # mse (lambda * 255^2 * MSE) or msssim (lambda * (1 - MS-SSIM))
+    mixed: bool = True                        # decoder sees rounded latents (straight-through), rate from noise
 
 
 def load_images(folders, seed=0) -> list[torch.Tensor]:
@@ -234,7 +235,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
             dist.broadcast(pt, 0)
             prefix = int(pt)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            bits, recon = net(x, prefixes=(prefix,))
+            bits, recon = net(x, prefixes=(prefix,), mixed=tc.mixed)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         gbpp = bits / pixels
         d_all, d_pre = distortion(tc, recon[T].float(), x), distortion(tc, recon[prefix].float(), x)

@@ -103,3 +103,20 @@ def test_family_name_picks_the_default_model(monkeypatch, tmp_path):
     assert zoo.resolve("matnet").name == "matnet-base.safetensors"
     with pytest.raises(zoo.ModelError, match="unknown model"):
         zoo.resolve("matnet-nope")
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_matnet"])
+def test_mixed_training_pass_shows_the_decoder_what_a_file_gives(which, request):
+    """With mixed quantization the training reconstruction (all groups, and a
+    prefix with the rest from the prior mean) is the codec's own decode."""
+    path = request.getfixturevalue(which)
+    net, _ = zoo.load_model(path)
+    rgb = smooth_image(64, 96)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    T = net.num_groups
+    with torch.no_grad():
+        _, recon = net(x, prefixes=(2,), mixed=True)
+    for t in (2, T):
+        enc, rec = codec.encode(rgb, model=path, steps=t, reconstruct=True)
+        got = recon[t][0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+        assert np.abs(got.astype(int) - rec.astype(int)).max() <= 1

@@ -141,6 +141,6 @@ class ConvDraw(nn.Module):
         return run_synthesis(self.g_s, st.canvas, self.cfg.stride)
 
     # ---- training ----
-    def forward(self, x01: torch.Tensor, prefixes=()):
-        """Noisy-quantization pass for training; see nets.rollout.noisy_rollout."""
-        return noisy_rollout(self, x01, prefixes)
+    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True):
+        """Training pass; see nets.rollout.noisy_rollout."""
+        return noisy_rollout(self, x01, prefixes, mixed)

@@ -186,6 +186,6 @@ class MatNet(nn.Module):
         return run_synthesis(self.g_s, st.h, 2 ** len(self.cfg.analysis))
 
     # ---- training ----
-    def forward(self, x01: torch.Tensor, prefixes=()):
-        """Noisy-quantization pass for training; see nets.rollout.noisy_rollout."""
-        return noisy_rollout(self, x01, prefixes)
+    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True):
+        """Training pass; see nets.rollout.noisy_rollout."""
+        return noisy_rollout(self, x01, prefixes, mixed)

@@ -21,8 +21,15 @@ def prior_mean_fill(model, st, start: int):
     return st
 
 
-def noisy_rollout(model, x01: torch.Tensor, prefixes=()):
-    """Noisy-quantization pass for training.
+def noisy_rollout(model, x01: torch.Tensor, prefixes=(), mixed: bool = True):
+    """Training pass with the coder's quantization relaxed.
+
+    The rate is that of the noisy offset (uniform noise of one bin: its
+    expected cost is the coded rate's smooth relaxation). With ``mixed``
+    (Minnen & Singh 2020) the decoder is fed the *rounded* offset, exactly
+    what it gets from a file, with a straight-through gradient; otherwise
+    the noisy one. Mixed removes the train/test mismatch of the decoder: a
+    group that carries nothing adds no noise to the picture.
 
     Returns ``(bits, recon)``: bits per group (a [T] tensor, summed over the
     batch) and ``recon[t]`` = the reconstruction from the first t groups with
@@ -38,9 +45,11 @@ def noisy_rollout(model, x01: torch.Tensor, prefixes=()):
     for t in range(1, T + 1):
         mu_p, sigma_p = model.prior(st)
         mu_q, enc = model.posterior(ctx, st, enc)
-        z = mu_q + w * (torch.rand_like(mu_q) - 0.5)
-        bits.append(gaussian_bits((z - mu_p) / w, sigma_p / w).sum())
-        st = model.update(st, z)
+        offset = (mu_q - mu_p) / w
+        noisy = offset + torch.rand_like(offset) - 0.5
+        bits.append(gaussian_bits(noisy, sigma_p / w).sum())
+        shown = offset + (torch.round(offset) - offset).detach() if mixed else noisy
+        st = model.update(st, mu_p + w * shown)
         if t < T and t in prefixes:
             recon[t] = model.render(prior_mean_fill(model, st, t))
     recon[T] = model.render(st)
