@@ -142,6 +142,37 @@ def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
     return 1 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, win_size=win)
 
 
+def _resume(ck: dict, model, ema, opt, gen: random.Random, rank: int, dev):
+    """Load a checkpoint into the run; returns (step, elapsed, loss_avg)."""
+    model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["opt"])
+    rngs = ck.get("rngs") or [{"py": ck["py_rng"], "torch": ck["torch_rng"]}]
+    if rank < len(rngs):       # same world size: exact resume
+        gen.setstate(rngs[rank]["py"]); torch.set_rng_state(rngs[rank]["torch"].cpu())
+        if dev.type == "cuda" and rngs[rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rngs[rank]["cuda"].cpu())
+    else:
+        gen.seed(1000 * rank + ck["step"])
+    return ck["step"], ck["elapsed"], ck["loss_avg"]
+
+
+def _init_from(init: str, model) -> str:
+    """Start from a shipped model: every weight for the same backbone (or an
+    error), the parts with the same name and shape (the g_a / g_s
+    transforms) for another backbone, the rest trained from scratch."""
+    from .zoo import load_model
+    src, info = load_model(init)
+    mine, theirs = model.state_dict(), src.state_dict()
+    shared = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    if src.cfg.backbone == model.cfg.backbone:
+        model.load_state_dict(theirs)
+    else:
+        model.load_state_dict(shared, strict=False)
+    n = sum(v.numel() for v in shared.values())
+    return (f"initialised {n} of {sum(v.numel() for v in mine.values())} parameters "
+            f"from {info['name']} ({info['sha256'][:12]})")
+
+
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     rank, world, dev = _setup(tc.device)
     main_proc = rank == 0
@@ -156,34 +187,14 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     loss_avg, gn_avg, skips_in_row = None, None, 0
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False, map_location=dev)  # our own file, written below
-        model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        step, elapsed, loss_avg = ck["step"], ck["elapsed"], ck["loss_avg"]
-        rngs = ck.get("rngs") or [{"py": ck["py_rng"], "torch": ck["torch_rng"]}]
-        if rank < len(rngs):       # same world size: exact resume
-            gen.setstate(rngs[rank]["py"]); torch.set_rng_state(rngs[rank]["torch"].cpu())
-            if dev.type == "cuda" and rngs[rank].get("cuda") is not None:
-                torch.cuda.set_rng_state(rngs[rank]["cuda"].cpu())
-        else:
-            gen.seed(tc.seed * 1000 + rank + step)
+        step, elapsed, loss_avg = _resume(ck, model, ema, opt, gen, rank, dev)
         if main_proc:
             print(f"resumed at step {step}, {elapsed / 60:.1f} min")
     elif tc.init:
-        from .zoo import load_model
-        src, info = load_model(tc.init)
-        mine, theirs = model.state_dict(), src.state_dict()
-        if src.cfg.backbone == model.cfg.backbone:
-            model.load_state_dict(theirs)       # same backbone: every weight, or an error
-        else:
-            # Another backbone: take the parts with the same name and shape
-            # (the g_a / g_s transforms), train the rest from scratch.
-            shared = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
-            model.load_state_dict(shared, strict=False)
+        msg = _init_from(tc.init, model)
         ema.load_state_dict(model.state_dict())
-        n = sum(v.numel() for k, v in theirs.items() if k in mine and mine[k].shape == v.shape)
         if main_proc:
-            print(f"initialised {n} of {sum(v.numel() for v in mine.values())} parameters "
-                  f"from {info['name']} ({info['sha256'][:12]})")
+            print(msg)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
