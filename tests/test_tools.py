@@ -79,3 +79,18 @@ def test_bench_prints_and_writes_its_figures(tmp_path, tiny_model, monkeypatch, 
     v = run["steps"]["4"]
     assert v["decode_s"] == pytest.approx(v["decode_network_s"] + v["decode_entropy_s"], abs=2e-4)
     assert all(x > 0 for x in run["decode_many"].values()) and run["peak_rss_mib"] > 0
+
+
+def test_plot_log_reads_resumed_and_skipped_records(tmp_path, monkeypatch, capsys):
+    plot_log = _tool("plot_log")
+    run = tmp_path / "run"
+    run.mkdir()
+    rec = lambda step, minutes, psnr: {"step": step, "minutes": minutes, "loss": 1.0, "bpp": 0.5, "psnr": psnr,
+                                       "psnr_pre": psnr - 1, "patches_per_s": 9.0, "skipped": 0}
+    lines = [rec(50, 1.0, 20.0), rec(100, 2.0, 21.0), rec(100, 2.1, 22.0),      # step 100 logged twice (resume)
+             {"step": 150, "minutes": 3.0, "skipped": 50, "patches_per_s": 9.0}]  # every update skipped
+    (run / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert [r["psnr"] for r in plot_log.read_log(str(run))] == [20.0, 22.0]
+    monkeypatch.setattr(sys, "argv", ["plot_log.py", str(run), "--out", str(tmp_path / "t.png"), "--marks", "1"])
+    plot_log.main()
+    assert (tmp_path / "t.png").stat().st_size > 0 and "| run | 2.1 | 100 |" in capsys.readouterr().out
