@@ -71,9 +71,17 @@ class GDN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        ch = x32.shape[1]
-        gamma = self.gamma.abs().view(ch, ch, 1, 1)
-        norm = torch.sqrt(F.conv2d(x32 * x32, gamma, self.beta.abs() + 1e-6))
+        b, ch, h, w = x32.shape
+        # sum_j gamma_ij x_j^2 as one matrix product over all positions: the
+        # 1x1 convolution gives the same numbers but took PyTorch's slow
+        # conv path here (3x slower; 6-11% of a Kodak encode or decode).
+        sq = (x32 * x32).reshape(b, ch, h * w)
+        beta = (self.beta.abs() + 1e-6).view(ch, 1)
+        if b == 1:
+            norm = torch.addmm(beta, self.gamma.abs(), sq[0])
+        else:
+            norm = torch.matmul(self.gamma.abs(), sq) + beta
+        norm = torch.sqrt(norm).view(b, ch, h, w)
         return x32 * norm if self.inverse else x32 / norm
 
 
