@@ -334,6 +334,11 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     if main_proc:
         print("done", step)
     if world > 1:
+        # Tear down in order: the DDP wrapper (its reducer holds the process
+        # group), then, once every process is here, the group itself. Out of
+        # order, gloo's threads abort the process at exit now and then.
+        del net
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -40,3 +40,27 @@ def test_default_model_codes_a_photo_crop(crop):
     assert quality[-1] > quality[0] + 1.0, "more groups, better picture"
     assert quality[-1] > 24.0
     assert sizes[-1] == len(full.data)
+
+
+@pytest.mark.parametrize("family", ["convdraw", "matnet"])
+def test_every_shipped_family_round_trips_every_prefix(crop, family):
+    """`--model matnet` / `--model convdraw` pick the family's default model;
+    every number of stored groups decodes to what the encoder predicted."""
+    net, info = zoo.load_model(family)
+    assert info["name"] == zoo.FAMILY_DEFAULTS[family] and net.cfg.backbone == family
+    full = codec.encode(crop, model=family)
+    for t in range(net.num_groups + 1):
+        enc, rec = codec.encode(crop, model=family, steps=t, reconstruct=True)
+        np.testing.assert_array_equal(codec.decode(enc.data), rec)
+        np.testing.assert_array_equal(codec.decode(full.data, steps=t), rec)
+
+
+def test_kodim15_fits_in_6000_bytes_and_decodes():
+    """Issue 7's check: the best file of at most 6000 bytes (any installed model)."""
+    path = os.path.join(os.path.dirname(KODAK), "kodim15.png")
+    if not os.path.exists(path):
+        pytest.skip("Kodak not available here")
+    import convcodec
+    data = convcodec.compress(path, max_bytes=6000)
+    img = convcodec.decompress(data)
+    assert len(data) <= 6000 and img.size == (768, 512)

@@ -59,6 +59,7 @@ for s in steps:
                        "encode_network_s": med(np.subtract(enc_t, enc_e)),
                        "decode_s": med(dec_t), "decode_entropy_s": med(dec_e),
                        "decode_network_s": med(np.subtract(dec_t, dec_e))}
+res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)   # one image at a time
 # Throughput with batching (codec.decode_many): files of one size share a
 # network pass. On CUDA this is what fills the GPU; the files are repeated to
 # make enough work.
@@ -79,7 +80,7 @@ for name, fmt, params in (("JPEG2000 0.5 bpp", "JPEG2000", {"quality_mode": "rat
         t0 = time.perf_counter(); Image.open(io.BytesIO(buf.getvalue())).load(); dt.append(time.perf_counter() - t0)
     yard[name] = {"encode_s": round(float(np.median(et)), 4), "decode_s": round(float(np.median(dt)), 4)}
 res["yardsticks"] = yard
-res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+res["peak_rss_batched_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(res))
 """
 
@@ -123,7 +124,8 @@ def main():
     for r in runs:
         for name, v in r["yardsticks"].items():
             print(f"  {r['threads']} thread(s) {name}: encode {v['encode_s']:.3f} s, decode {v['decode_s']:.3f} s")
-    print("peak RSS: " + ", ".join(f"{r['threads']} thread(s) {r['peak_rss_mib']} MiB" for r in runs))
+    print("peak RSS: " + ", ".join(f"{r['device']} {r['threads']} thread(s) {r['peak_rss_mib']} MiB "
+                                   f"(with batched decoding {r['peak_rss_batched_mib']} MiB)" for r in runs))
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:

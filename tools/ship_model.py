@@ -31,7 +31,8 @@ def init_record(init: str | None) -> dict:
         return {"init": init, "init_minutes": None}
     tr = info["card"].get("training", {})
     return {"init": f"{info['name']} (sha256 {info['sha256'][:12]})",
-            "init_minutes": tr.get("wall_minutes_total", tr.get("wall_minutes"))}
+            # shipped cards say wall_minutes; a run's own export says minutes
+            "init_minutes": tr.get("wall_minutes_total", tr.get("wall_minutes", tr.get("minutes")))}
 
 
 def main():

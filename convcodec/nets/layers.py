@@ -5,7 +5,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 # The coder snaps prior scales (in quantization-bin units) to a table spanning
 # this range; training clamps to the same range so the rate it optimises is the
