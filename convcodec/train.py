@@ -363,6 +363,21 @@ def main(argv=None):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // world))
     train(cfg, tc, a.out, a.name)
+    if world > 1:
+        leave_distributed()
+
+
+def leave_distributed():
+    """End a DDP process that has finished (checkpoint written, group
+    destroyed) without running the interpreter's finalizers: DDP's reducer
+    stays alive through its hooks on the parameters, and destroying it during
+    finalization makes gloo abort the process now and then ("terminate
+    called without an active exception", seen about 1 run in 8 here; see
+    pytorch/pytorch#179291), which would turn a finished run into a failed one."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

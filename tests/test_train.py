@@ -45,6 +45,8 @@ def _ddp_worker(rank, world, port, cfg, tc, out):
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     train(cfg, tc, out, "d")
+    from convcodec.train import leave_distributed
+    leave_distributed()          # as tools/train.py does under torchrun
 
 
 def test_ddp_two_processes_on_cpu_and_resume(tmp_path):
