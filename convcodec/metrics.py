@@ -89,3 +89,34 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
 def msssim_db(v: float) -> float:
     """MS-SSIM on the dB scale used for BD-rates: -10 log10(1 - MS-SSIM)."""
     return float(-10 * np.log10(max(1e-10, 1 - v)))
+
+
+class EntropyClock:
+    """Seconds spent in the range coder (convcodec.entropy.encode/decode),
+    counted by wrapping both functions while the clock is installed. The
+    codec looks them up on the module at call time, so wrapping the module's
+    attributes catches every call. ``reset()`` before a measurement, read
+    ``seconds`` after."""
+
+    def __init__(self):
+        from . import entropy
+        self.seconds = 0.0
+        self._entropy = entropy
+        self._orig = (entropy.encode, entropy.decode)
+        entropy.encode, entropy.decode = self._timed(entropy.encode), self._timed(entropy.decode)
+
+    def _timed(self, f):
+        def g(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        return g
+
+    def reset(self):
+        self.seconds = 0.0
+
+    def close(self):
+        """Put the coder's functions back."""
+        self._entropy.encode, self._entropy.decode = self._orig

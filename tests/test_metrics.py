@@ -27,3 +27,19 @@ def test_pareto_and_interp():
     assert pareto([(0.5, 30), (0.4, 31), (0.6, 29), (0.7, 33)]) == [(0.4, 31), (0.7, 33)]
     assert interp_curve([0.1, 0.3], [20, 30], 0.2) == pytest.approx(25)
     assert interp_curve([0.1, 0.3], [20, 30], 0.05) is None
+
+
+def test_entropy_clock_counts_the_coder_and_puts_it_back(tiny_model):
+    from convcodec import codec, entropy
+    from convcodec.metrics import EntropyClock
+    from .conftest import smooth_image
+    orig = entropy.encode
+    clock = EntropyClock()
+    try:
+        codec.encode(smooth_image(16, 16), model=tiny_model)
+        assert clock.seconds > 0
+        clock.reset()
+        assert clock.seconds == 0
+    finally:
+        clock.close()
+    assert entropy.encode is orig

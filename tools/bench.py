@@ -26,18 +26,10 @@ import numpy as np, torch
 threads, dev, model, paths = int(sys.argv[1]), sys.argv[2], (sys.argv[3] or None), sys.argv[4:]
 torch.set_num_threads(threads)
 from PIL import Image
-from convcodec import codec, entropy
+from convcodec import codec
 from convcodec.image import load_image
-spent = {"t": 0.0}
-def timed(f):
-    def g(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return f(*a, **k)
-        finally:
-            spent["t"] += time.perf_counter() - t0
-    return g
-entropy.encode, entropy.decode = timed(entropy.encode), timed(entropy.decode)
+from convcodec.metrics import EntropyClock
+clock = EntropyClock()
 net, info = codec.load_model(model)
 T = net.num_groups
 steps = sorted({s for s in (1, 4, 8, T) if s <= T})
@@ -48,12 +40,12 @@ res = {"threads": threads, "device": dev, "model": info["name"], "steps": {}}
 for s in steps:
     enc_t, enc_e, dec_t, dec_e = [], [], [], []
     for rgb in imgs:
-        spent["t"] = 0.0; t0 = time.perf_counter()
+        clock.reset(); t0 = time.perf_counter()
         e = codec.encode(rgb, model=model, steps=s, device=dev); sync()
-        enc_t.append(time.perf_counter() - t0); enc_e.append(spent["t"])
-        spent["t"] = 0.0; t0 = time.perf_counter()
+        enc_t.append(time.perf_counter() - t0); enc_e.append(clock.seconds)
+        clock.reset(); t0 = time.perf_counter()
         codec.decode(e.data, model=model, device=dev); sync()
-        dec_t.append(time.perf_counter() - t0); dec_e.append(spent["t"])
+        dec_t.append(time.perf_counter() - t0); dec_e.append(clock.seconds)
     med = lambda v: round(float(np.median(v)), 4)
     res["steps"][s] = {"encode_s": med(enc_t), "encode_entropy_s": med(enc_e),
                        "encode_network_s": med(np.subtract(enc_t, enc_e)),

@@ -20,30 +20,21 @@ def main():
     import torch
     from torch.profiler import ProfilerActivity, profile
     torch.set_num_threads(a.threads)
-    from convcodec import codec, entropy
+    from convcodec import codec
     from convcodec.image import load_image
+    from convcodec.metrics import EntropyClock
     rgb = load_image(a.image)
-    spent = {"t": 0.0}
-
-    def timed(f):
-        def g(*args, **kw):
-            t0 = time.perf_counter()
-            try:
-                return f(*args, **kw)
-            finally:
-                spent["t"] += time.perf_counter() - t0
-        return g
-    entropy.encode, entropy.decode = timed(entropy.encode), timed(entropy.decode)
+    clock = EntropyClock()
     enc = codec.encode(rgb, model=a.model)
     codec.decode(enc.data, model=a.model)                       # warm-up
     for what, fn in (("encode", lambda: codec.encode(rgb, model=a.model)),
                      ("decode", lambda: codec.decode(enc.data, model=a.model))):
-        spent["t"] = 0.0
+        clock.reset()
         t0 = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as p:
             fn()
         wall = time.perf_counter() - t0
-        print(f"\n{what}: {wall:.3f} s under the profiler, range coder {spent['t']:.3f} s")
+        print(f"\n{what}: {wall:.3f} s under the profiler, range coder {clock.seconds:.3f} s")
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
 
 
