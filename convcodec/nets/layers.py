@@ -117,20 +117,27 @@ ANALYSIS_HALO = 32      # pixels; g_a's receptive field reaches 29 (multiple of 
 SYNTHESIS_HALO = 2      # canvas rows; g_s's receptive field reaches < 2
 
 
-def _in_bands(fn, x: torch.Tensor, band: int, halo: int, up: int, down: int) -> torch.Tensor:
-    """fn(x) for a row-local fn whose output has up/down rows per input row,
-    computed in bands of ``band`` input rows with ``halo`` rows of context each
-    side. Used only at inference on images taller than BAND_ROWS plus halos
-    (in pixels), where it bounds memory; elsewhere one pass."""
-    rows = x.shape[-2]
-    if torch.is_grad_enabled() or rows * up <= BAND_ROWS + 2 * ANALYSIS_HALO:
-        return fn(x)
-    out = []
+def _bands(fn, maps, band: int, halo: int, up: int = 1, down: int = 1) -> tuple:
+    """The one band loop: ``fn(*maps)`` -> tuple of maps, computed in bands of
+    ``band`` input rows with ``halo`` rows of context each side; outputs have
+    up/down rows per input row and are cropped back to each band's rows."""
+    rows = maps[0].shape[-2]
+    parts = []
     for a in range(0, rows, band):
         b = min(rows, a + band)
         lo, hi = max(0, a - halo), min(rows, b + halo)
-        out.append(fn(x[..., lo:hi, :])[..., (a - lo) * up // down:(b - lo) * up // down, :])
-    return torch.cat(out, -2)
+        out = fn(*(m[..., lo:hi, :] for m in maps))
+        parts.append([o[..., (a - lo) * up // down:(b - lo) * up // down, :] for o in out])
+    return tuple(torch.cat(col, -2) for col in zip(*parts))
+
+
+def _in_bands(fn, x: torch.Tensor, band: int, halo: int, up: int, down: int) -> torch.Tensor:
+    """fn(x) for a row-local fn (g_a or g_s), in bands at inference on images
+    taller than BAND_ROWS plus halos (in pixels), where it bounds memory;
+    elsewhere one pass."""
+    if torch.is_grad_enabled() or x.shape[-2] * up <= BAND_ROWS + 2 * ANALYSIS_HALO:
+        return fn(x)
+    return _bands(lambda t: (fn(t),), (x,), band, halo, up, down)[0]
 
 
 # The per-group networks (prior, posterior, update) work on whole latent maps.
@@ -150,14 +157,7 @@ def by_rows(fn, *maps: torch.Tensor, halo: int):
     rows, cols = maps[0].shape[-2:]
     if torch.is_grad_enabled() or rows * cols <= BAND_POSITIONS:
         return fn(*maps)
-    step = max(1, BAND_POSITIONS // cols)
-    parts = []
-    for a in range(0, rows, step):
-        b = min(rows, a + step)
-        lo, hi = max(0, a - halo), min(rows, b + halo)
-        out = fn(*(m[..., lo:hi, :] for m in maps))
-        parts.append([o[..., a - lo:b - lo, :] for o in out])
-    return tuple(torch.cat(col, -2) for col in zip(*parts))
+    return _bands(fn, maps, max(1, BAND_POSITIONS // cols), halo)
 
 
 def run_analysis(g_a: nn.Module, x01: torch.Tensor, stride: int) -> torch.Tensor:
