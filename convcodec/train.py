@@ -142,10 +142,15 @@ def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
     return 1 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, win_size=win)
 
 
-def _resume(ck: dict, model, ema, opt, gen: random.Random, rank: int, dev):
-    """Load a checkpoint into the run; returns (step, elapsed, loss_avg)."""
+def _restore_weights(ck: dict, model, ema, opt):
+    """Model, EMA and optimizer from a checkpoint (resume, and spike revert)."""
     model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
     opt.load_state_dict(ck["opt"])
+
+
+def _resume(ck: dict, model, ema, opt, gen: random.Random, rank: int, dev):
+    """Load a checkpoint into the run; returns (step, elapsed, loss_avg)."""
+    _restore_weights(ck, model, ema, opt)
     rngs = ck.get("rngs") or [{"py": ck["py_rng"], "torch": ck["torch_rng"]}]
     if rank < len(rngs):       # same world size: exact resume
         gen.setstate(rngs[rank]["py"]); torch.set_rng_state(rngs[rank]["torch"].cpu())
@@ -289,9 +294,8 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
             skips_in_row += 1
             if skips_in_row >= 20 and os.path.exists(ckpt_path):
                 ck = torch.load(ckpt_path, weights_only=False, map_location=dev)
-                model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
-                opt.load_state_dict(ck["opt"]); loss_avg = ck["loss_avg"]
-                gn_avg, skips_in_row = None, 0
+                _restore_weights(ck, model, ema, opt)
+                loss_avg, gn_avg, skips_in_row = ck["loss_avg"], None, 0
                 acc["reverted"] += 1
                 if main_proc:
                     print(f"reverted to the checkpoint of step {ck['step']} after 20 skipped updates", flush=True)
@@ -306,8 +310,11 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         n_log += 1
         if not skip:   # averages are over the updates made; skips are counted
             group_bpp += gbpp.detach().float().cpu()
-            with torch.no_grad():
-                mse, mse_pre = F.mse_loss(recon[T].float(), x).item(), F.mse_loss(recon[prefix].float(), x).item()
+            if tc.distortion == "mse":      # the distortion is 255^2 * MSE already
+                mse, mse_pre = d_all.item() / 255 ** 2, d_pre.item() / 255 ** 2
+            else:
+                with torch.no_grad():
+                    mse, mse_pre = F.mse_loss(recon[T].float(), x).item(), F.mse_loss(recon[prefix].float(), x).item()
             acc["loss"] += lv; acc["bpp"] += bpp.item(); acc["dist"] += d_all.item()
             acc["dist_pre"] += d_pre.item(); acc["mse"] += mse; acc["mse_pre"] += mse_pre
         if n_log == 50:
