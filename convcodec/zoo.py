@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from functools import lru_cache
 from pathlib import Path
 
@@ -111,17 +112,20 @@ def read_card(weights: Path) -> dict:
 @lru_cache(maxsize=8)
 def _load(path: str, mtime: float):
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load
     weights = Path(path)
     card = read_card(weights)
-    digest = file_digest(weights)
+    # Read the file once: the digest, the header's metadata and the tensors
+    # all come from the same bytes (so they are also the bytes the card vouched for).
+    data = weights.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if card.get("sha256") != digest:
         raise ModelError(f"model weights {weights.name} do not match their card (sha256 differs)")
     try:
-        with safe_open(str(weights), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
+        state = load(data)
+        (n,) = struct.unpack_from("<Q", data, 0)        # safetensors: u64 header length, JSON header
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, struct.error) as e:
         raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
     cfg = config_from_dict(json.loads(meta["config"]))
     model = build_model(cfg)
