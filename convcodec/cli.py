@@ -338,14 +338,12 @@ def info(files):
 @_errors
 def models():
     """List the installed models with their Kodak rate ranges."""
-    import json
-    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, list_models
+    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, list_models, read_card
     names = list_models()
     if not names:
         raise Failure(f"no models installed in {MODELS_DIR}")
     for n in names:
-        with open(MODELS_DIR / f"{n}.json") as f:
-            card = json.load(f)
+        card = read_card(MODELS_DIR / f"{n}.safetensors")
         rd = card.get("kodak", {}).get("rd", [])
         rng = (f"{rd[0]['bpp']:.3f}-{rd[-1]['bpp']:.3f} bpp, {rd[0]['psnr']:.1f}-{rd[-1]['psnr']:.1f} dB "
                f"on Kodak" if rd else "not measured on Kodak")
