@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .layers import ConvLSTMCell, analysis, by_rows, run_analysis, run_synthesis, synthesis
-from .rollout import noisy_rollout
+from .rollout import LatentGroups
 
 
 @dataclass
@@ -79,7 +79,7 @@ class EncoderState:
     c: torch.Tensor
 
 
-class ConvDraw(nn.Module):
+class ConvDraw(LatentGroups):
     def __init__(self, cfg: ConvDrawConfig):
         super().__init__()
         assert cfg.analysis[-1] == cfg.canvas, "g_a produces the canvas space"
@@ -100,10 +100,6 @@ class ConvDraw(nn.Module):
     @property
     def num_groups(self) -> int:
         return self.cfg.steps
-
-    def width(self) -> torch.Tensor:
-        """Posterior width (bin size) per latent map, shaped for broadcasting."""
-        return self.log_width.float().exp().view(1, -1, 1, 1)
 
     def init_state(self, batch: int, height: int, width: int, device=None):
         s = self.cfg.stride
@@ -139,8 +135,3 @@ class ConvDraw(nn.Module):
     def render(self, st: DecoderState) -> torch.Tensor:
         """x_hat = g_s(canvas), in [0, 1] up to clamping (padded size)."""
         return run_synthesis(self.g_s, st.canvas, self.cfg.stride)
-
-    # ---- training ----
-    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True):
-        """Training pass; see nets.rollout.noisy_rollout."""
-        return noisy_rollout(self, x01, prefixes, mixed)

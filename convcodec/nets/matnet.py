@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import analysis, by_rows, run_analysis, run_synthesis, synthesis
-from .rollout import noisy_rollout
+from .rollout import LatentGroups
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _up(ch):
     return nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1)
 
 
-class MatNet(nn.Module):
+class MatNet(LatentGroups):
     def __init__(self, cfg: MatNetConfig):
         super().__init__()
         assert cfg.analysis[-1] == cfg.width, "g_a produces the finest BU state"
@@ -138,9 +138,6 @@ class MatNet(nn.Module):
     @property
     def num_groups(self) -> int:
         return sum(self.cfg.groups)
-
-    def width(self) -> torch.Tensor:
-        return self.log_width.float().exp().view(1, -1, 1, 1)
 
     def init_state(self, batch: int, height: int, width: int, device=None):
         s = self.cfg.stride
@@ -184,8 +181,3 @@ class MatNet(nn.Module):
 
     def render(self, st: TopDownState) -> torch.Tensor:
         return run_synthesis(self.g_s, st.h, 2 ** len(self.cfg.analysis))
-
-    # ---- training ----
-    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True):
-        """Training pass; see nets.rollout.noisy_rollout."""
-        return noisy_rollout(self, x01, prefixes, mixed)

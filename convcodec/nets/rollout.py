@@ -8,8 +8,24 @@ rate the range coder spends (see convcodec.codec._walk for the coded loop).
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from .layers import gaussian_bits
+
+
+class LatentGroups(nn.Module):
+    """What every backbone shares: a posterior width per latent map (the
+    learned constant that fixes the quantization grid; subclasses create
+    ``self.log_width``) and the training pass. Subclasses provide the group
+    interface: begin, init_state, prior, posterior, update, render, num_groups."""
+
+    def width(self) -> torch.Tensor:
+        """Posterior width (bin size) per latent map, shaped for broadcasting."""
+        return self.log_width.float().exp().view(1, -1, 1, 1)
+
+    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True):
+        """Training pass; see noisy_rollout."""
+        return noisy_rollout(self, x01, prefixes, mixed)
 
 
 def prior_mean_fill(model, st, start: int):
