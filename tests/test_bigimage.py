@@ -1,5 +1,5 @@
-"""Big images run g_a and g_s in bands; results must match a single pass over
-the whole image (no seams) and round-trip exactly."""
+"""Big images run g_a, g_s and the per-group networks tile by tile; results
+must match a single pass over the whole image (no seams) and round-trip exactly."""
 import numpy as np
 import torch
 
@@ -10,40 +10,40 @@ from convcodec.zoo import load_model
 from .conftest import smooth_image
 
 
-def test_bands_match_one_pass(monkeypatch, tiny_model):
+def test_tiles_match_one_pass(monkeypatch, tiny_model):
     net, _ = load_model(tiny_model)
     torch.manual_seed(0)
-    x = torch.rand(1, 3, 400, 40)
+    x = torch.rand(1, 3, 200, 168)     # 4 x 3 tiles of 64 pixels, ragged at the ends
     with torch.no_grad():
-        st, _ = net.init_state(1, 400, 40)
+        st, _ = net.init_state(1, 200, 168)
         st.canvas = torch.randn_like(st.canvas)
-        monkeypatch.setattr(cd, "BAND_ROWS", 64)
+        monkeypatch.setattr(cd, "TILE_PIXELS", 64)
         y_b, r_b = net.begin(x), net.render(st)
-        monkeypatch.setattr(cd, "BAND_ROWS", 10 ** 9)
+        monkeypatch.setattr(cd, "TILE_PIXELS", 10 ** 9)
         y_w, r_w = net.begin(x), net.render(st)
     torch.testing.assert_close(y_b, y_w, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r_b, r_w, rtol=1e-5, atol=1e-5)
 
 
-def test_banded_roundtrip(monkeypatch, tiny_model):
-    monkeypatch.setattr(cd, "BAND_ROWS", 64)
-    rgb = smooth_image(403, 45)
+def test_tiled_roundtrip(monkeypatch, tiny_model):
+    monkeypatch.setattr(cd, "TILE_PIXELS", 64)
+    rgb = smooth_image(203, 181)
     enc, rec = codec.encode(rgb, model=tiny_model, reconstruct=True)
     out = codec.decode(enc.data, model=tiny_model)
     np.testing.assert_array_equal(out, rec)
-    monkeypatch.setattr(cd, "BAND_ROWS", 10 ** 9)
+    monkeypatch.setattr(cd, "TILE_PIXELS", 10 ** 9)
     whole = codec.decode(enc.data, model=tiny_model)
     assert np.abs(whole.astype(int) - out.astype(int)).max() <= 1   # float rounding only
 
 
-def test_per_group_networks_in_bands_match_whole_maps(monkeypatch, tiny_model, tiny_matnet):
-    """prior / posterior / update run in row bands on big latent maps: the
+def test_per_group_networks_in_tiles_match_whole_maps(monkeypatch, tiny_model, tiny_matnet):
+    """prior / posterior / update run in tiles on big latent maps: the
     files and pictures are those of one pass over the whole map."""
     rgb = smooth_image(200, 72)
     for m in (tiny_model, tiny_matnet):
-        monkeypatch.setattr(cd, "BAND_POSITIONS", 10 ** 9)
+        monkeypatch.setattr(cd, "TILE_POSITIONS", 10 ** 9)
         enc_w, rec_w = codec.encode(rgb, model=m, reconstruct=True)
-        monkeypatch.setattr(cd, "BAND_POSITIONS", 20)      # bands of 2-3 latent rows
+        monkeypatch.setattr(cd, "TILE_POSITIONS", 4)      # tiles of 4x4 latent positions
         enc_b, rec_b = codec.encode(rgb, model=m, reconstruct=True)
         assert enc_b.data == enc_w.data
         np.testing.assert_array_equal(rec_b, rec_w)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .layers import ConvLSTMCell, analysis, by_rows, run_analysis, run_synthesis, synthesis
+from .layers import ConvLSTMCell, analysis, by_tiles, run_analysis, run_synthesis, synthesis
 from .rollout import LatentGroups
 
 
@@ -115,7 +115,7 @@ class ConvDraw(LatentGroups):
 
     def prior(self, st: DecoderState):
         """p(z_t | z_<t): mean and std (latent units) from the decoder state."""
-        mu, log_sigma = by_rows(lambda h: self.p_head(h).float().chunk(2, 1), st.h, halo=1)
+        mu, log_sigma = by_tiles(lambda h: self.p_head(h).float().chunk(2, 1), st.h, halo=1)
         return mu, log_sigma.clamp(-10, 10).exp()
 
     def posterior(self, y: torch.Tensor, st: DecoderState, enc: EncoderState):
@@ -123,14 +123,14 @@ class ConvDraw(LatentGroups):
         def step(y, canvas, h_dec, h, c):
             h, c = self.enc(self.reader(torch.cat([y, canvas, h_dec], 1)), h, c)
             return self.q_head(h).float(), h, c
-        mu_q, h, c = by_rows(step, y, st.canvas, st.h, enc.h, enc.c, halo=2)
+        mu_q, h, c = by_tiles(step, y, st.canvas, st.h, enc.h, enc.c, halo=2)
         return mu_q, EncoderState(h, c)
 
     def update(self, st: DecoderState, z: torch.Tensor) -> DecoderState:
         def step(z, h, c, canvas):
             h, c = self.dec(z, h, c)
             return h, c, canvas + self.writer(h).float()
-        return DecoderState(*by_rows(step, z, st.h, st.c, st.canvas, halo=2))
+        return DecoderState(*by_tiles(step, z, st.h, st.c, st.canvas, halo=2))
 
     def render(self, st: DecoderState) -> torch.Tensor:
         """x_hat = g_s(canvas), in [0, 1] up to clamping (padded size)."""

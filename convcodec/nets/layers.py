@@ -109,63 +109,98 @@ def synthesis(in_ch: int, widths: tuple[int, ...], out_ch: int, kernel: int = 3)
     return nn.Sequential(*layers)
 
 
-# Inference on big images runs g_a and g_s in bands of BAND_ROWS pixel rows,
-# so memory stays bounded. Each band carries a halo wider than the receptive
-# field, so the result is that of one pass over the whole image: no seams.
-BAND_ROWS = 256
-ANALYSIS_HALO = 32      # pixels; g_a's receptive field reaches 29 (multiple of the stride)
-SYNTHESIS_HALO = 2      # canvas rows; g_s's receptive field reaches < 2
+# Inference on big images runs g_a and g_s tile by tile, on square tiles of
+# TILE_PIXELS pixels, so memory stays bounded and each tile's intermediate
+# maps stay the same size at any image size (with row bands the width of the
+# image, 12 MP ran 22% slower per pixel than 1 MP: the bands' working set
+# grew with the width and left the caches). Each tile carries a halo at least
+# as wide as the network's reach, so the result is that of one pass over the
+# whole image: no seams.
+TILE_PIXELS = 256
 
 
-def _bands(fn, maps, band: int, halo: int, up: int = 1, down: int = 1) -> tuple:
-    """The one band loop: ``fn(*maps)`` -> tuple of maps, computed in bands of
-    ``band`` input rows with ``halo`` rows of context each side; outputs have
-    up/down rows per input row and are cropped back to each band's rows."""
-    rows = maps[0].shape[-2]
-    parts = []
-    for a in range(0, rows, band):
-        b = min(rows, a + band)
-        lo, hi = max(0, a - halo), min(rows, b + halo)
-        out = fn(*(m[..., lo:hi, :] for m in maps))
-        parts.append([o[..., (a - lo) * up // down:(b - lo) * up // down, :] for o in out])
-    return tuple(torch.cat(col, -2) for col in zip(*parts))
+def reach(net: nn.Sequential) -> float:
+    """How far (in input positions) an output of ``net`` sees on each side:
+    the halo a tile needs. g_a's three 5x5 stride-2 convs reach 2 + 4 + 8 =
+    14 pixels; g_s's 3x3 convs at 1, 1/2 and 1/4 canvas steps reach 1.75."""
+    r, step = 0.0, 1.0          # step: input positions per position of the current map
+    for m in net:
+        if isinstance(m, nn.Conv2d):
+            r += (m.kernel_size[0] // 2) * m.dilation[0] * step
+            step *= m.stride[0]
+        elif isinstance(m, nn.PixelShuffle):
+            step /= m.upscale_factor
+    return r
 
 
-def _in_bands(fn, x: torch.Tensor, band: int, halo: int, up: int, down: int) -> torch.Tensor:
-    """fn(x) for a row-local fn (g_a or g_s), in bands at inference on images
-    taller than BAND_ROWS plus halos (in pixels), where it bounds memory;
-    elsewhere one pass."""
-    if torch.is_grad_enabled() or x.shape[-2] * up <= BAND_ROWS + 2 * ANALYSIS_HALO:
-        return fn(x)
-    return _bands(lambda t: (fn(t),), (x,), band, halo, up, down)[0]
+def _spans(n: int, tile: int, align: int) -> list[tuple[int, int]]:
+    """[0, n) cut into the fewest spans of at most ``tile`` positions, of
+    near-equal length (no thin sliver at the end, whose halo would cost more
+    than its content) and starting on multiples of ``align``."""
+    k = -(-n // tile)
+    step = align * -(-n // (k * align))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
 
 
-# The per-group networks (prior, posterior, update) work on whole latent maps.
-# On big images those maps leave the CPU caches and each position costs more
-# (measured: 3.3 s/MP at 12 MP against 1.9 s/MP at 1 MP for the Conv DRAW
-# steps, one thread); running each of them in bands of about BAND_POSITIONS
-# latent positions brought 12 MP to 2.5 s/MP. Each band carries ``halo`` rows
-# of context (the network's receptive field in rows), so the result is that
-# of one pass: the test checks that banded and whole maps agree exactly.
-BAND_POSITIONS = 16384
-
-
-def by_rows(fn, *maps: torch.Tensor, halo: int):
-    """``fn(*maps)`` -> tuple of maps of the same height, computed in row bands
-    at inference when the maps are large (one pass otherwise, and always when
-    training). ``halo`` = rows of context ``fn`` needs on each side."""
+def _tiles(fn, maps, tile: int, halo: int, up: int = 1, down: int = 1) -> tuple:
+    """The one tile loop: ``fn(*maps)`` -> tuple of maps, computed on tiles of
+    at most ``tile`` x ``tile`` input positions with ``halo`` positions of
+    context on every side (``halo`` and the tile corners are multiples of
+    ``down``); outputs have up/down positions per input position, and each
+    tile's output is cropped back to the tile and written into place."""
     rows, cols = maps[0].shape[-2:]
-    if torch.is_grad_enabled() or rows * cols <= BAND_POSITIONS:
+    outs = None
+    o = lambda v: v * up // down        # input position -> output position
+    for a, b in _spans(rows, tile, down):
+        r0, r1 = max(0, a - halo), min(rows, b + halo)
+        for c, d in _spans(cols, tile, down):
+            c0, c1 = max(0, c - halo), min(cols, d + halo)
+            part = fn(*(m[..., r0:r1, c0:c1] for m in maps))
+            if outs is None:
+                outs = [p.new_empty(*p.shape[:-2], o(rows), o(cols)) for p in part]
+            for out, p in zip(outs, part):
+                out[..., o(a):o(b), o(c):o(d)] = p[..., o(a - r0):o(b - r0), o(c - c0):o(d - c0)]
+    return tuple(outs)
+
+
+def _in_tiles(fn, x: torch.Tensor, tile: int, halo: int, up: int, down: int) -> torch.Tensor:
+    """fn(x) for a spatially local fn (g_a or g_s), tiled at inference on
+    images larger than a tile plus halos (``tile`` and ``halo`` in positions
+    of x), where it bounds memory and keeps the working set in cache;
+    elsewhere one pass."""
+    if torch.is_grad_enabled() or max(x.shape[-2:]) <= tile + 2 * halo:
+        return fn(x)
+    return _tiles(lambda t: (fn(t),), (x,), tile, halo, up, down)[0]
+
+
+# The per-group networks (prior, posterior, update) work on latent maps. On
+# big images whole maps leave the CPU caches and each position costs more
+# (measured: 3.3 s/MP at 12 MP against 1.9 s/MP at 1 MP for the Conv DRAW
+# steps, one thread), so they run on square tiles of TILE_POSITIONS latent
+# positions a side. Each tile carries ``halo`` positions of context (the
+# network's reach), so the result is that of one pass: the test checks that
+# tiled and whole maps give the same files and pictures.
+TILE_POSITIONS = 96
+
+
+def by_tiles(fn, *maps: torch.Tensor, halo: int):
+    """``fn(*maps)`` -> tuple of maps of the same size, computed on tiles at
+    inference when the maps are large (one pass otherwise, and always when
+    training). ``halo`` = positions of context ``fn`` needs on each side."""
+    rows, cols = maps[0].shape[-2:]
+    if torch.is_grad_enabled() or max(rows, cols) <= TILE_POSITIONS + 2 * halo:
         return fn(*maps)
-    return _bands(fn, maps, max(1, BAND_POSITIONS // cols), halo)
+    return _tiles(fn, maps, TILE_POSITIONS, halo)
 
 
-def run_analysis(g_a: nn.Module, x01: torch.Tensor, stride: int) -> torch.Tensor:
-    """y = g_a(x - 1/2) in float32, banded on big images (``stride`` = g_a's)."""
-    return _in_bands(lambda t: g_a(t).float(), x01 - 0.5, BAND_ROWS, ANALYSIS_HALO, up=1, down=stride)
+def run_analysis(g_a: nn.Sequential, x01: torch.Tensor, stride: int) -> torch.Tensor:
+    """y = g_a(x - 1/2) in float32, tiled on big images (``stride`` = g_a's;
+    the halo is g_a's reach rounded up to it, so tiles stay on its grid)."""
+    halo = stride * math.ceil(reach(g_a) / stride)
+    return _in_tiles(lambda t: g_a(t).float(), x01 - 0.5, TILE_PIXELS, halo, up=1, down=stride)
 
 
-def run_synthesis(g_s: nn.Module, y: torch.Tensor, stride: int) -> torch.Tensor:
-    """x_hat = g_s(y) + 1/2 in float32, banded on big images."""
-    return _in_bands(lambda t: g_s(t).float(), y, BAND_ROWS // stride, SYNTHESIS_HALO,
+def run_synthesis(g_s: nn.Sequential, y: torch.Tensor, stride: int) -> torch.Tensor:
+    """x_hat = g_s(y) + 1/2 in float32, tiled on big images."""
+    return _in_tiles(lambda t: g_s(t).float(), y, TILE_PIXELS // stride, math.ceil(reach(g_s)),
                      up=stride, down=1) + 0.5

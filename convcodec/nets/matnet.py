@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import analysis, by_rows, run_analysis, run_synthesis, synthesis
+from .layers import analysis, by_tiles, run_analysis, run_synthesis, synthesis
 from .rollout import LatentGroups
 
 
@@ -158,7 +158,7 @@ class MatNet(LatentGroups):
         return feats[::-1]
 
     def prior(self, st: TopDownState):
-        mu, log_sigma = by_rows(lambda h: self.prior_heads[st.g](h).float().chunk(2, 1), st.h, halo=2)
+        mu, log_sigma = by_tiles(lambda h: self.prior_heads[st.g](h).float().chunk(2, 1), st.h, halo=2)
         return mu, log_sigma.clamp(-10, 10).exp()
 
     def posterior(self, h_b: list[torch.Tensor], st: TopDownState, enc: MergeState):
@@ -166,14 +166,14 @@ class MatNet(LatentGroups):
         def step(hm, hb, ht):
             hm = self.merge[g](hm, torch.cat([hm, hb, ht], 1)).float()
             return hm, self.q_heads[g](hm).float()
-        hm, mu_q = by_rows(step, enc.h, h_b[self._scale_of[g]], st.h, halo=3)
+        hm, mu_q = by_tiles(step, enc.h, h_b[self._scale_of[g]], st.h, halo=3)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             hm = self.up_m[self._scale_of[g]](hm).float()
         return mu_q, MergeState(hm)
 
     def update(self, st: TopDownState, z: torch.Tensor) -> TopDownState:
         g = st.g
-        (h,) = by_rows(lambda h, z: (self.td[g](h, torch.cat([h, z.to(h.dtype)], 1)).float(),),
+        (h,) = by_tiles(lambda h, z: (self.td[g](h, torch.cat([h, z.to(h.dtype)], 1)).float(),),
                        st.h, z, halo=2)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             h = self.up_t[self._scale_of[g]](h).float()
