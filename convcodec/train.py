@@ -63,6 +63,7 @@ class TrainConfig:
     device: str = "auto"                      # auto (CUDA when present), cpu or cuda
     distortion: str = "mse"                   # mse (lambda * 255^2 * MSE) or msssim (lambda * (1 - MS-SSIM))
     mixed: bool = True                        # decoder sees rounded latents (straight-through), rate from noise
+    compile: bool = False                     # torch.compile each block (faster after a minute of compiling)
 
 
 def load_images(folders, seed=0) -> list[torch.Tensor]:
@@ -126,6 +127,24 @@ def _setup(device: str):
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return rank, world, dev
+
+
+def compile_blocks(module: torch.nn.Module):
+    """torch.compile every block of a model in place: each child module, and
+    each member of a ModuleList. In place, so the state_dict keys (the
+    checkpoints, the shipped weights) do not change. Measured on this 2-core
+    CPU under load: 1.1-1.3x more patches/s after 10-40 s of compiling. The
+    rollout over groups stays eager: compiled whole it was faster still
+    (about 1.4x for the Conv DRAW) but recompiled for every prefix length,
+    two minutes or more each here."""
+    import torch._dynamo
+    # Blocks of one class share one forward(); each instance is a recompile.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    for child in module.children():
+        if isinstance(child, torch.nn.ModuleList):
+            compile_blocks(child)
+        else:
+            child.compile()
 
 
 def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -200,6 +219,8 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         ema.load_state_dict(model.state_dict())
         if main_proc:
             print(msg)
+    if tc.compile:
+        compile_blocks(model)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
