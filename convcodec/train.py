@@ -197,6 +197,172 @@ def _init_from(init: str, model) -> str:
             f"from {info['name']} ({info['sha256'][:12]})")
 
 
+@dataclass
+class Run:
+    """What a checkpoint restores: the weights, the optimizer and where the run is."""
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    gen: random.Random             # this process's crop and prefix draws
+    step: int = 0
+    elapsed: float = 0.0           # seconds of training so far (mean over processes)
+
+
+class SpikeGuard:
+    """The paper reverts to older parameters when the cost jumps. We (1) skip
+    an update whose loss is far above its running average, or whose gradient
+    norm is far above its running average (as vdvae does: Adam rescales
+    gradients, so clipping alone does not stop a wild step), and (2) after
+    REVERT_AFTER skips in a row, revert to the last checkpoint, since by then
+    the weights themselves have gone bad. It is fed numbers that every DDP
+    process shares, so all decide alike (or DDP would wait forever)."""
+    LOSS_FACTOR, GRAD_FACTOR, REVERT_AFTER = 3.0, 20.0, 20
+
+    def __init__(self, warmup: int, loss_avg: float | None = None):
+        self.warmup, self.loss_avg, self.gn_avg, self.in_row = warmup, loss_avg, None, 0
+
+    def _armed(self, step: int) -> bool:
+        return self.loss_avg is not None and step > self.warmup
+
+    def bad_loss(self, step: int, loss: float) -> bool:
+        return self._armed(step) and (not math.isfinite(loss) or loss > self.LOSS_FACTOR * self.loss_avg)
+
+    def bad_grad(self, step: int, gn: float) -> bool:
+        return (self._armed(step) and self.gn_avg is not None
+                and (not math.isfinite(gn) or gn > self.GRAD_FACTOR * self.gn_avg))
+
+    def accepted(self, loss: float, gn: float):
+        self.loss_avg = loss if self.loss_avg is None else 0.99 * self.loss_avg + 0.01 * loss
+        self.gn_avg = gn if self.gn_avg is None else 0.99 * self.gn_avg + 0.01 * min(gn, 5 * self.gn_avg)
+        self.in_row = 0
+
+    def skipped(self) -> bool:
+        """Count a skipped update; True when it is time to revert."""
+        self.in_row += 1
+        return self.in_row >= self.REVERT_AFTER
+
+    def reverted(self, loss_avg: float | None):
+        self.loss_avg, self.gn_avg, self.in_row = loss_avg, None, 0
+
+
+class TrainLog:
+    """Means over every EVERY iterations, one JSON line each (loss, rate,
+    distortion, bits per group, PSNR; skipped and reverted updates counted),
+    written by the first process only. The means are over the updates made."""
+    EVERY = 50
+    TERMS = ("loss", "bpp", "dist", "dist_pre", "mse", "mse_pre")
+
+    def __init__(self, path: str, groups: int, patches_per_it: int, write: bool):
+        self.file = open(path, "a") if write else None
+        self.groups, self.patches_per_it = groups, patches_per_it
+        self._reset()
+
+    def _reset(self):
+        self.n, self.t0 = 0, time.time()
+        self.sums = dict.fromkeys(self.TERMS, 0.0)
+        self.counts = {"skipped": 0, "reverted": 0}
+        self.group_bpp = torch.zeros(self.groups)
+
+    def count(self, what: str):
+        self.counts[what] += 1
+
+    def add(self, loss: float, terms: dict):
+        self.group_bpp += terms.pop("gbpp").detach().float().cpu()
+        for k, v in (("loss", loss), *terms.items()):
+            self.sums[k] += float(v)
+
+    def tick(self, step: int, elapsed: float, lr: float):
+        self.n += 1
+        if self.n < self.EVERY:
+            return
+        made = self.n - self.counts["skipped"]
+        rec = {"step": step, "minutes": round(elapsed / 60, 2), "lr": lr, **self.counts,
+               "patches_per_s": round(self.n * self.patches_per_it / (time.time() - self.t0), 2)}
+        if made:
+            rec.update({k: v / made for k, v in self.sums.items()})
+            rec["bpp_groups"] = [round(v, 4) for v in (self.group_bpp / made).tolist()]
+            rec["psnr"] = -10 * math.log10(max(rec["mse"], 1e-12))
+            rec["psnr_pre"] = -10 * math.log10(max(rec["mse_pre"], 1e-12))
+        if self.file:
+            self.file.write(json.dumps(rec) + "\n"); self.file.flush()
+            print(json.dumps(rec), flush=True)
+        self._reset()
+
+
+def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int):
+    """One iteration's objective (module docstring): the rate-distortion
+    costs of all T groups and of the first ``prefix``. Returns the loss and
+    its terms for the log."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+        bits, recon = net(x, prefixes=(prefix,), mixed=tc.mixed)
+    gbpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
+    x_all, x_pre = recon[T].float(), recon[prefix].float()
+    d_all, d_pre = distortion(tc, x_all, x), distortion(tc, x_pre, x)
+    loss = (gbpp.sum() + lambda_at(tc, T, T) * d_all
+            + gbpp[:prefix].sum() + lambda_at(tc, prefix, T) * d_pre)
+    with torch.no_grad():
+        if tc.distortion == "mse":      # the distortion is 255^2 * MSE already
+            mse, mse_pre = d_all / 255 ** 2, d_pre / 255 ** 2
+        else:
+            mse, mse_pre = F.mse_loss(x_all, x), F.mse_loss(x_pre, x)
+    terms = {"gbpp": gbpp, "bpp": gbpp.sum().item(), "dist": d_all.item(), "dist_pre": d_pre.item(),
+             "mse": mse.item(), "mse_pre": mse_pre.item()}
+    return loss, terms
+
+
+def _mean_over_processes(v: float, world: int, dev) -> float:
+    """A number every process agrees on: the mean over the DDP processes."""
+    if world == 1:
+        return v
+    t = torch.tensor([v], dtype=torch.float64, device=dev)     # NCCL reduces device tensors only
+    dist.all_reduce(t)
+    return float(t) / world
+
+
+def _shared_prefix(gen: random.Random, T: int, world: int, dev) -> int:
+    """The random prefix length scored this iteration: the first process's
+    draw, so every process builds the same graph (DDP needs that)."""
+    prefix = gen.randrange(1, T)
+    if world > 1:
+        pt = torch.tensor([prefix], device=dev)
+        dist.broadcast(pt, 0)
+        prefix = int(pt)
+    return prefix
+
+
+def _update_ema(run: Run, decay: float):
+    with torch.no_grad():
+        d = min(decay, (1 + run.step) / (10 + run.step))
+        for pe, pm in zip(run.ema.parameters(), run.model.parameters()):
+            pe.lerp_(pm, 1 - d)
+
+
+def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, name: str,
+          world: int, main_proc: bool, dev):
+    """Checkpoint (atomic) and the EMA weights exported as a loadable model.
+    Every process hands over its RNG state (a collective); the first writes."""
+    mine = {"py": run.gen.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None}
+    rngs = [mine]
+    if world > 1:
+        rngs = [None] * world
+        dist.all_gather_object(rngs, mine)
+    if not main_proc:
+        return
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    tmp = ckpt_path + ".tmp"
+    torch.save({"model": run.model.state_dict(), "ema": run.ema.state_dict(), "opt": run.opt.state_dict(),
+                "step": run.step, "elapsed": run.elapsed, "loss_avg": loss_avg, "rngs": rngs,
+                "world": world, "model_cfg": model_cfg, "train_cfg": asdict(tc)}, tmp)
+    os.replace(tmp, ckpt_path)
+    save_model(run.ema, os.path.join(out_dir, name), {
+        "name": name, "training": {"iterations": run.step, "minutes": round(run.elapsed / 60, 1),
+                                   "batch": tc.batch * world, "crop": tc.crop, "lambda": tc.lmbda,
+                                   "lambda_first": tc.lmbda_first or tc.lmbda,
+                                   "distortion": tc.distortion,
+                                   "init": tc.init or None, "data": list(tc.data)}})
+
+
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     rank, world, dev = _setup(tc.device)
     main_proc = rank == 0
@@ -206,14 +372,13 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     model = build_model(config_from_dict(model_cfg)).to(dev)
     ema = build_model(config_from_dict(model_cfg)).to(dev)
     ema.load_state_dict(model.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    step, elapsed, gen = 0, 0.0, random.Random(tc.seed * 1000 + rank)
-    loss_avg, gn_avg, skips_in_row = None, None, 0
+    run = Run(model, ema, torch.optim.Adam(model.parameters(), lr=tc.lr), random.Random(tc.seed * 1000 + rank))
+    loss_avg = None
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False, map_location=dev)  # our own file, written below
-        step, elapsed, loss_avg = _resume(ck, model, ema, opt, gen, rank, dev)
+        run.step, run.elapsed, loss_avg = _resume(ck, model, ema, run.opt, run.gen, rank, dev)
         if main_proc:
-            print(f"resumed at step {step}, {elapsed / 60:.1f} min")
+            print(f"resumed at step {run.step}, {run.elapsed / 60:.1f} min")
     elif tc.init:
         msg = _init_from(tc.init, model)
         ema.load_state_dict(model.state_dict())
@@ -230,137 +395,51 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         print(f"{len(imgs)} training images; model {sum(p.numel() for p in model.parameters())} params; "
               f"{world} process(es) on {dev.type}")
     T = model.num_groups
-    log = open(os.path.join(out_dir, "log.jsonl"), "a") if main_proc else None
+    guard = SpikeGuard(tc.warmup, loss_avg)
+    log = TrainLog(os.path.join(out_dir, "log.jsonl"), T, tc.batch * world, main_proc)
     budget, ckpt_every = tc.minutes * 60, tc.ckpt_minutes * 60
-    next_ckpt = (elapsed // ckpt_every + 1) * ckpt_every
-    t_log, n_log = time.time(), 0
-    acc = {"loss": 0.0, "bpp": 0.0, "dist": 0.0, "dist_pre": 0.0, "mse": 0.0, "mse_pre": 0.0,
-           "skipped": 0, "reverted": 0}
-    counts = ("skipped", "reverted")
-    group_bpp = torch.zeros(T)
+    next_ckpt = (run.elapsed // ckpt_every + 1) * ckpt_every
+    save = lambda: _save(run, guard.loss_avg, tc, model_cfg, out_dir, name, world, main_proc, dev)
 
-    def save():
-        # Every process hands over its RNG state (collective); the first writes.
-        mine = {"py": gen.getstate(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None}
-        rngs = [mine]
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, mine)
-        if not main_proc:
-            return
-        tmp = ckpt_path + ".tmp"
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "elapsed": elapsed, "loss_avg": loss_avg, "rngs": rngs,
-                    "world": world, "model_cfg": model_cfg, "train_cfg": asdict(tc)}, tmp)
-        os.replace(tmp, ckpt_path)
-        save_model(ema, os.path.join(out_dir, name), {
-            "name": name, "training": {"iterations": step, "minutes": round(elapsed / 60, 1),
-                                       "batch": tc.batch * world, "crop": tc.crop, "lambda": tc.lmbda,
-                                       "lambda_first": tc.lmbda_first or tc.lmbda,
-                                       "distortion": tc.distortion,
-                                       "init": tc.init or None, "data": list(tc.data)}})
-
-    while elapsed < budget:
+    while run.elapsed < budget:
         t0 = time.time()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(tc, step, elapsed / budget)
-        x = random_batch(imgs, tc.batch, tc.crop, gen).to(dev, non_blocking=True)
-        prefix = gen.randrange(1, T)
-        if world > 1:   # every process must score the same prefix (same graph for DDP)
-            pt = torch.tensor([prefix], device=dev)
-            dist.broadcast(pt, 0)
-            prefix = int(pt)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            bits, recon = net(x, prefixes=(prefix,), mixed=tc.mixed)
-        pixels = x.shape[0] * x.shape[2] * x.shape[3]
-        gbpp = bits / pixels
-        d_all, d_pre = distortion(tc, recon[T].float(), x), distortion(tc, recon[prefix].float(), x)
-        bpp = gbpp.sum()
-        loss = (bpp + lambda_at(tc, T, T) * d_all
-                + gbpp[:prefix].sum() + lambda_at(tc, prefix, T) * d_pre)
-        # One number per iteration is shared by all processes: the mean loss
-        # (for the spike guard, which must decide alike everywhere or DDP
-        # would wait forever) and the mean seconds (so budgets agree).
-        stats = torch.tensor([loss.item(), 0.0], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(stats)
-            stats /= world
-        lv = float(stats[0])
-        # Spike guards. The paper reverts to older parameters when the cost
-        # jumps; we (1) skip an update whose loss is far above the running
-        # average, or whose gradient norm is far above its running average
-        # (as vdvae does: Adam rescales gradients, so clipping alone does not
-        # stop a wild step), and (2) after many skips in a row, revert to the
-        # last checkpoint, since by then the weights themselves have gone bad.
-        # All decisions use numbers that every DDP process shares.
-        guarded = loss_avg is not None and step > tc.warmup
-        if guarded and (lv > 3 * loss_avg or not math.isfinite(lv)):
-            skip = True
-        else:
-            opt.zero_grad(set_to_none=True)
+        for g in run.opt.param_groups:
+            g["lr"] = lr_at(tc, run.step, run.elapsed / budget)
+        x = random_batch(imgs, tc.batch, tc.crop, run.gen).to(dev, non_blocking=True)
+        prefix = _shared_prefix(run.gen, T, world, dev)
+        loss, terms = rd_loss(tc, net, x, prefix, T)
+        lv = _mean_over_processes(loss.item(), world, dev)
+        skip = guard.bad_loss(run.step, lv)
+        if not skip:
+            run.opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
-            skip = guarded and gn_avg is not None and (not math.isfinite(gn) or gn > 20 * gn_avg)
+            skip = guard.bad_grad(run.step, gn)
             if not skip:
-                opt.step()
-                loss_avg = lv if loss_avg is None else 0.99 * loss_avg + 0.01 * lv
-                gn_avg = gn if gn_avg is None else 0.99 * gn_avg + 0.01 * min(gn, 5 * gn_avg)
-                with torch.no_grad():
-                    d = min(tc.ema, (1 + step) / (10 + step))
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(pm, 1 - d)
+                run.opt.step()
+                guard.accepted(lv, gn)
+                _update_ema(run, tc.ema)
         if skip:
-            acc["skipped"] += 1
-            skips_in_row += 1
-            if skips_in_row >= 20 and os.path.exists(ckpt_path):
+            log.count("skipped")
+            if guard.skipped() and os.path.exists(ckpt_path):
                 ck = torch.load(ckpt_path, weights_only=False, map_location=dev)
-                _restore_weights(ck, model, ema, opt)
-                loss_avg, gn_avg, skips_in_row = ck["loss_avg"], None, 0
-                acc["reverted"] += 1
+                _restore_weights(ck, model, ema, run.opt)
+                guard.reverted(ck["loss_avg"])
+                log.count("reverted")
                 if main_proc:
-                    print(f"reverted to the checkpoint of step {ck['step']} after 20 skipped updates", flush=True)
+                    print(f"reverted to the checkpoint of step {ck['step']} after "
+                          f"{guard.REVERT_AFTER} skipped updates", flush=True)
         else:
-            skips_in_row = 0
-        step += 1
-        dt = torch.tensor([time.time() - t0], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(dt)
-            dt /= world
-        elapsed += float(dt)
-        n_log += 1
-        if not skip:   # averages are over the updates made; skips are counted
-            group_bpp += gbpp.detach().float().cpu()
-            if tc.distortion == "mse":      # the distortion is 255^2 * MSE already
-                mse, mse_pre = d_all.item() / 255 ** 2, d_pre.item() / 255 ** 2
-            else:
-                with torch.no_grad():
-                    mse, mse_pre = F.mse_loss(recon[T].float(), x).item(), F.mse_loss(recon[prefix].float(), x).item()
-            acc["loss"] += lv; acc["bpp"] += bpp.item(); acc["dist"] += d_all.item()
-            acc["dist_pre"] += d_pre.item(); acc["mse"] += mse; acc["mse_pre"] += mse_pre
-        if n_log == 50:
-            dt_log = time.time() - t_log
-            made = n_log - acc["skipped"]
-            rec = {"step": step, "minutes": round(elapsed / 60, 2), "lr": opt.param_groups[0]["lr"],
-                   **{k: acc[k] for k in counts},
-                   "patches_per_s": round(n_log * tc.batch * world / dt_log, 2)}
-            if made:
-                rec.update({k: v / made for k, v in acc.items() if k not in counts})
-                rec["bpp_groups"] = [round(v, 4) for v in (group_bpp / made).tolist()]
-                rec["psnr"] = -10 * math.log10(max(rec["mse"], 1e-12))
-                rec["psnr_pre"] = -10 * math.log10(max(rec["mse_pre"], 1e-12))
-            if main_proc:
-                log.write(json.dumps(rec) + "\n"); log.flush()
-                print(json.dumps(rec), flush=True)
-            t_log, n_log = time.time(), 0
-            acc = {k: 0.0 if k not in counts else 0 for k in acc}
-            group_bpp.zero_()
-        if elapsed >= next_ckpt:
+            log.add(lv, terms)
+        run.step += 1
+        run.elapsed += _mean_over_processes(time.time() - t0, world, dev)
+        log.tick(run.step, run.elapsed, run.opt.param_groups[0]["lr"])
+        if run.elapsed >= next_ckpt:
             save()
             next_ckpt += ckpt_every
     save()
     if main_proc:
-        print("done", step)
+        print("done", run.step)
     if world > 1:
         # Tear down in order: the DDP wrapper (its reducer holds the process
         # group), then, once every process is here, the group itself. Out of
