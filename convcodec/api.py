@@ -69,14 +69,15 @@ def compress(image: ImageLike, steps: int | None = None, model: str | None = Non
 
 def encode_to_budget(rgb, model: str | None, steps: int | None, budget: int | None,
                      device: str = "auto") -> bytes:
-    """Encode; with a byte budget and no model named, try every installed
-    model and keep the file that decodes best (highest PSNR) within budget."""
+    """Encode; with a byte budget and no model named, try every current
+    (not superseded) model and keep the file that decodes best (highest
+    PSNR) within budget."""
     from . import codec
     from .metrics import psnr
-    from .zoo import list_models
+    from .zoo import current_models
     if budget is None:
         return codec.encode(rgb, model=model, steps=steps, device=device).data
-    candidates = [model] if model is not None else (list_models() or [None])
+    candidates = [model] if model is not None else (current_models() or [None])
     best, errors = None, []
     for m in candidates:
         enc = codec.encode(rgb, model=m, steps=steps, device=device)

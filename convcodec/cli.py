@@ -351,6 +351,8 @@ def models():
         groups = cfg.get("steps") or sum(cfg.get("groups", [])) or "?"
         flags = (["default"] if n == DEFAULT_MODEL else []) + [
             f"--model {fam}" for fam, m in FAMILY_DEFAULTS.items() if m == n]
+        if card.get("superseded_by"):
+            flags.append(f"superseded by {card['superseded_by']}; kept so that its files decode")
         flag = f" ({', '.join(flags)})" if flags else ""
         click.echo(f"{n}{flag}: {cfg.get('backbone')}, {groups} groups, {rng}")
 

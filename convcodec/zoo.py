@@ -101,6 +101,14 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in MODELS_DIR.glob("*.safetensors"))
 
 
+def current_models() -> list[str]:
+    """The installed models that no newer model supersedes: those a budget
+    search tries. A superseded model (its card names ``superseded_by``) stays
+    installed so that the files made with it still decode: a file names the
+    exact weights it needs."""
+    return [n for n in list_models() if not read_card(resolve(n)).get("superseded_by")]
+
+
 def read_card(weights: Path) -> dict:
     card_path = weights.with_suffix(".json")
     if not card_path.exists():

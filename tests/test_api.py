@@ -108,3 +108,26 @@ def test_decompress_many_matches_decompress(tmp_path, img, tiny_model):
     for d, g in zip(datas, got):
         want = convcodec.decompress(d, model=tiny_model, temperature=1.0, seed=4)
         assert g.size == (37, 26) and np.array_equal(np.asarray(g), np.asarray(want))
+
+
+def test_superseded_models_still_decode_but_are_not_tried(img, monkeypatch, tmp_path):
+    """A model whose card names ``superseded_by`` stays installed, so its
+    files decode, but a budget search no longer tries it, and `convcodec
+    models` says what replaced it."""
+    import json
+    from click.testing import CliRunner
+    from convcodec import api, codec, zoo
+    from convcodec.cli import main
+    from .conftest import make_tiny
+    make_tiny(tmp_path / "old", seed=0, name="old")
+    make_tiny(tmp_path / "new", seed=1, name="new")
+    card = json.loads((tmp_path / "old.json").read_text())
+    (tmp_path / "old.json").write_text(json.dumps({**card, "superseded_by": "new"}))
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    assert zoo.list_models() == ["new", "old"] and zoo.current_models() == ["new"]
+    old_file = codec.encode(img, model="old").data
+    assert codec.decode(old_file).shape == img.shape           # found by the name in the file
+    budget = len(old_file) + 10_000
+    assert api.encode_to_budget(img, None, None, budget) == api.encode_to_budget(img, "new", None, budget)
+    out = CliRunner().invoke(main, ["models"]).output
+    assert "old (superseded by new; kept so that its files decode)" in out

@@ -98,9 +98,10 @@ def test_train_matnet_from_convdraw_transforms(tmp_path):
 
 def test_family_name_picks_the_default_model(monkeypatch, tmp_path):
     from .conftest import make_tiny_matnet
-    make_tiny_matnet(tmp_path / "matnet-base", name="matnet-base")
+    default = zoo.FAMILY_DEFAULTS["matnet"]
+    make_tiny_matnet(tmp_path / default, name=default)
     monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
-    assert zoo.resolve("matnet").name == "matnet-base.safetensors"
+    assert zoo.resolve("matnet").name == f"{default}.safetensors"
     with pytest.raises(zoo.ModelError, match="unknown model"):
         zoo.resolve("matnet-nope")
 
