@@ -300,13 +300,13 @@ def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int):
     d_all, d_pre = distortion(tc, x_all, x), distortion(tc, x_pre, x)
     loss = (gbpp.sum() + lambda_at(tc, T, T) * d_all
             + gbpp[:prefix].sum() + lambda_at(tc, prefix, T) * d_pre)
-    with torch.no_grad():
-        if tc.distortion == "mse":      # the distortion is 255^2 * MSE already
-            mse, mse_pre = d_all / 255 ** 2, d_pre / 255 ** 2
-        else:
-            mse, mse_pre = F.mse_loss(x_all, x), F.mse_loss(x_pre, x)
+    if tc.distortion == "mse":          # the distortion is 255^2 * MSE already
+        mse, mse_pre = d_all.item() / 255 ** 2, d_pre.item() / 255 ** 2
+    else:
+        with torch.no_grad():
+            mse, mse_pre = F.mse_loss(x_all, x).item(), F.mse_loss(x_pre, x).item()
     terms = {"gbpp": gbpp, "bpp": gbpp.sum().item(), "dist": d_all.item(), "dist_pre": d_pre.item(),
-             "mse": mse.item(), "mse_pre": mse_pre.item()}
+             "mse": mse, "mse_pre": mse_pre}
     return loss, terms
 
 

@@ -105,8 +105,11 @@ def current_models() -> list[str]:
     """The installed models that no newer model supersedes: those a budget
     search tries. A superseded model (its card names ``superseded_by``) stays
     installed so that the files made with it still decode: a file names the
-    exact weights it needs."""
-    return [n for n in list_models() if not read_card(resolve(n)).get("superseded_by")]
+    exact weights it needs. (Superseded by a model that is not installed, it
+    stays current.)"""
+    names = list_models()
+    return [n for n in names
+            if read_card(MODELS_DIR / f"{n}.safetensors").get("superseded_by") not in names]
 
 
 def read_card(weights: Path) -> dict:

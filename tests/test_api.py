@@ -85,11 +85,11 @@ def test_pillow_plugin_reports_corruption(tmp_path, img, tiny_model):
 
 
 def test_budget_picks_the_model_that_decodes_best(img, tiny_model, other_model, monkeypatch):
-    """With no model named, every installed model is tried and the best
+    """With no model named, every current model is tried and the best
     picture within budget wins."""
     from convcodec import api, codec, zoo
     from convcodec.metrics import psnr
-    monkeypatch.setattr(zoo, "list_models", lambda: [tiny_model, other_model])
+    monkeypatch.setattr(zoo, "current_models", lambda: [tiny_model, other_model])
     budget = 10_000
     data = api.encode_to_budget(img, None, None, budget)
     assert len(data) <= budget

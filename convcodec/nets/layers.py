@@ -122,14 +122,19 @@ TILE_PIXELS = 256
 def reach(net: nn.Sequential) -> float:
     """How far (in input positions) an output of ``net`` sees on each side:
     the halo a tile needs. g_a's three 5x5 stride-2 convs reach 2 + 4 + 8 =
-    14 pixels; g_s's 3x3 convs at 1, 1/2 and 1/4 canvas steps reach 1.75."""
+    14 pixels; g_s's 3x3 convs at 1, 1/2 and 1/4 canvas steps reach 1.75.
+    Knows the layers analysis() and synthesis() use, and refuses others
+    rather than under-count (a halo too small would show as seams)."""
     r, step = 0.0, 1.0          # step: input positions per position of the current map
     for m in net:
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and len(set(m.kernel_size)) == 1 \
+                and m.padding == (m.kernel_size[0] // 2,) * 2:
             r += (m.kernel_size[0] // 2) * m.dilation[0] * step
             step *= m.stride[0]
         elif isinstance(m, nn.PixelShuffle):
             step /= m.upscale_factor
+        elif not isinstance(m, GDN):
+            raise ValueError(f"reach() does not know the layer {m!r}")
     return r
 
 
@@ -137,9 +142,10 @@ def _spans(n: int, tile: int, align: int) -> list[tuple[int, int]]:
     """[0, n) cut into the fewest spans of at most ``tile`` positions, of
     near-equal length (no thin sliver at the end, whose halo would cost more
     than its content) and starting on multiples of ``align``."""
-    k = -(-n // tile)
-    step = align * -(-n // (k * align))
-    return [(a, min(n, a + step)) for a in range(0, n, step)]
+    assert tile % align == 0, "tiles must stay on the stride's grid"
+    units, k = -(-n // align), -(-n // tile)
+    starts = [align * (i * units // k) for i in range(k)] + [n]
+    return list(zip(starts[:-1], starts[1:]))
 
 
 def _tiles(fn, maps, tile: int, halo: int, up: int = 1, down: int = 1) -> tuple:
@@ -196,6 +202,7 @@ def by_tiles(fn, *maps: torch.Tensor, halo: int):
 def run_analysis(g_a: nn.Sequential, x01: torch.Tensor, stride: int) -> torch.Tensor:
     """y = g_a(x - 1/2) in float32, tiled on big images (``stride`` = g_a's;
     the halo is g_a's reach rounded up to it, so tiles stay on its grid)."""
+    assert x01.shape[-2] % stride == 0 and x01.shape[-1] % stride == 0, "pad the image to the stride first"
     halo = stride * math.ceil(reach(g_a) / stride)
     return _in_tiles(lambda t: g_a(t).float(), x01 - 0.5, TILE_PIXELS, halo, up=1, down=stride)
 
