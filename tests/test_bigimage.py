@@ -48,3 +48,15 @@ def test_per_group_networks_in_tiles_match_whole_maps(monkeypatch, tiny_model, t
         assert enc_b.data == enc_w.data
         np.testing.assert_array_equal(rec_b, rec_w)
         np.testing.assert_array_equal(codec.decode(enc_w.data, model=m), rec_w)
+
+
+def test_tile_spans_cover_evenly_and_stay_on_the_grid():
+    for n in list(range(1, 300)) + [4000, 6456, 9224, 65536]:
+        for tile, align in ((256, 8), (96, 1), (64, 8), (32, 32)):
+            n_al = n if align == 1 else align * -(-n // align)     # callers pad to the stride
+            spans = cd._spans(n_al, tile, align)
+            assert spans[0][0] == 0 and spans[-1][1] == n_al
+            assert all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))       # contiguous
+            assert all(a % align == 0 and 0 < b - a <= tile for a, b in spans)
+            lengths = [b - a for a, b in spans]
+            assert len(spans) == -(-n_al // tile) and max(lengths) - min(lengths) <= align
