@@ -28,7 +28,7 @@ from tqdm import tqdm
 from convcodec import codec, container
 from convcodec.image import load_image
 from convcodec.metrics import bd_rate, interp_curve, msssim_db, pareto, pillow_roundtrip, psnr
-from convcodec.zoo import list_models, load_model
+from convcodec.zoo import current_models, load_model
 
 ANCHORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "anchors", "kodak_published.json")
 
@@ -119,7 +119,7 @@ def main():
     ap.add_argument("--images", default="../shared/data/kodak")
     ap.add_argument("--out", default="results/kodak")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
-    ap.add_argument("--models", default=None, help="comma-separated model names [default: all installed]")
+    ap.add_argument("--models", default=None, help="comma-separated model names [default: every current (not superseded) model]")
     ap.add_argument("--no-temperature-1", action="store_true",
                     help="skip the T=1 decodes (made for the first model only: they feed Figure 4)")
     ap.add_argument("--no-plots", action="store_true")
@@ -128,7 +128,7 @@ def main():
     if not paths:
         sys.exit(f"no PNG images in {a.images}")
     os.makedirs(a.out, exist_ok=True)
-    models = a.models.split(",") if a.models else list_models()
+    models = a.models.split(",") if a.models else current_models()
     images = {os.path.basename(p): load_image(p) for p in paths}
     settings = classical_settings()
     rows, groups_bits, recon, sizes = [], {}, {}, {}
