@@ -174,7 +174,7 @@ class MatNet(LatentGroups):
     def update(self, st: TopDownState, z: torch.Tensor) -> TopDownState:
         g = st.g
         (h,) = by_tiles(lambda h, z: (self.td[g](h, torch.cat([h, z.to(h.dtype)], 1)).float(),),
-                       st.h, z, halo=2)
+                        st.h, z, halo=2)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             h = self.up_t[self._scale_of[g]](h).float()
         return TopDownState(h, g + 1)
