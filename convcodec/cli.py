@@ -338,10 +338,11 @@ def info(files):
 @_errors
 def models():
     """List the installed models with their Kodak rate ranges."""
-    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, list_models, read_card
+    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, current_models, list_models, read_card
     names = list_models()
     if not names:
         raise Failure(f"no models installed in {MODELS_DIR}")
+    current = current_models()
     for n in names:
         card = read_card(MODELS_DIR / f"{n}.safetensors")
         rd = card.get("kodak", {}).get("rd", [])
@@ -351,7 +352,7 @@ def models():
         groups = cfg.get("steps") or sum(cfg.get("groups", [])) or "?"
         flags = (["default"] if n == DEFAULT_MODEL else []) + [
             f"--model {fam}" for fam, m in FAMILY_DEFAULTS.items() if m == n]
-        if card.get("superseded_by"):
+        if n not in current:
             flags.append(f"superseded by {card['superseded_by']}; kept so that its files decode")
         flag = f" ({', '.join(flags)})" if flags else ""
         click.echo(f"{n}{flag}: {cfg.get('backbone')}, {groups} groups, {rng}")

@@ -56,7 +56,7 @@ def test_every_shipped_family_round_trips_every_prefix(crop, family):
 
 
 def test_kodim15_fits_in_6000_bytes_and_decodes():
-    """Issue 7's check: the best file of at most 6000 bytes (any installed model)."""
+    """Issue 7's check: the best file of at most 6000 bytes (any current model)."""
     path = os.path.join(os.path.dirname(KODAK), "kodim15.png")
     if not os.path.exists(path):
         pytest.skip("Kodak not available here")
