@@ -161,25 +161,6 @@ def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
     return 1 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, win_size=win)
 
 
-def _restore_weights(ck: dict, model, ema, opt):
-    """Model, EMA and optimizer from a checkpoint (resume, and spike revert)."""
-    model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"])
-    opt.load_state_dict(ck["opt"])
-
-
-def _resume(ck: dict, model, ema, opt, gen: random.Random, rank: int, dev):
-    """Load a checkpoint into the run; returns (step, elapsed, loss_avg)."""
-    _restore_weights(ck, model, ema, opt)
-    rngs = ck.get("rngs") or [{"py": ck["py_rng"], "torch": ck["torch_rng"]}]
-    if rank < len(rngs):       # same world size: exact resume
-        gen.setstate(rngs[rank]["py"]); torch.set_rng_state(rngs[rank]["torch"].cpu())
-        if dev.type == "cuda" and rngs[rank].get("cuda") is not None:
-            torch.cuda.set_rng_state(rngs[rank]["cuda"].cpu())
-    else:
-        gen.seed(1000 * rank + ck["step"])
-    return ck["step"], ck["elapsed"], ck["loss_avg"]
-
-
 def _init_from(init: str, model) -> str:
     """Start from a shipped model: every weight for the same backbone (or an
     error), the parts with the same name and shape (the g_a / g_s
@@ -206,6 +187,32 @@ class Run:
     gen: random.Random             # this process's crop and prefix draws
     step: int = 0
     elapsed: float = 0.0           # seconds of training so far (mean over processes)
+
+    def restore(self, ck: dict):
+        """Model, EMA and optimizer from a checkpoint (resume, and spike revert)."""
+        self.model.load_state_dict(ck["model"]); self.ema.load_state_dict(ck["ema"])
+        self.opt.load_state_dict(ck["opt"])
+
+    def resume(self, ck: dict, rank: int, dev) -> float | None:
+        """Continue from a checkpoint: weights, step, time and this process's
+        RNG states. Returns the spike guard's running loss average."""
+        self.restore(ck)
+        self.step, self.elapsed = ck["step"], ck["elapsed"]
+        rngs = ck.get("rngs") or [{"py": ck["py_rng"], "torch": ck["torch_rng"]}]
+        if rank < len(rngs):       # same world size: exact resume
+            self.gen.setstate(rngs[rank]["py"]); torch.set_rng_state(rngs[rank]["torch"].cpu())
+            if dev.type == "cuda" and rngs[rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(rngs[rank]["cuda"].cpu())
+        else:
+            self.gen.seed(1000 * rank + ck["step"])
+        return ck["loss_avg"]
+
+    def update_ema(self, decay: float):
+        """The shipped weights: an EMA of the model, with a short memory at first."""
+        with torch.no_grad():
+            d = min(decay, (1 + self.step) / (10 + self.step))
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(pm, 1 - d)
 
 
 class SpikeGuard:
@@ -330,13 +337,6 @@ def _shared_prefix(gen: random.Random, T: int, world: int, dev) -> int:
     return prefix
 
 
-def _update_ema(run: Run, decay: float):
-    with torch.no_grad():
-        d = min(decay, (1 + run.step) / (10 + run.step))
-        for pe, pm in zip(run.ema.parameters(), run.model.parameters()):
-            pe.lerp_(pm, 1 - d)
-
-
 def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, name: str,
           world: int, main_proc: bool, dev):
     """Checkpoint (atomic) and the EMA weights exported as a loadable model.
@@ -376,7 +376,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     loss_avg = None
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False, map_location=dev)  # our own file, written below
-        run.step, run.elapsed, loss_avg = _resume(ck, model, ema, run.opt, run.gen, rank, dev)
+        loss_avg = run.resume(ck, rank, dev)
         if main_proc:
             print(f"resumed at step {run.step}, {run.elapsed / 60:.1f} min")
     elif tc.init:
@@ -418,12 +418,12 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
             if not skip:
                 run.opt.step()
                 guard.accepted(lv, gn)
-                _update_ema(run, tc.ema)
+                run.update_ema(tc.ema)
         if skip:
             log.count("skipped")
             if guard.skipped() and os.path.exists(ckpt_path):
                 ck = torch.load(ckpt_path, weights_only=False, map_location=dev)
-                _restore_weights(ck, model, ema, run.opt)
+                run.restore(ck)
                 guard.reverted(ck["loss_avg"])
                 log.count("reverted")
                 if main_proc:
