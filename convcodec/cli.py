@@ -182,11 +182,15 @@ def main():
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Write the best file of at most this many bits per pixel.")
 @click.option("--model", default=None, help="Model name (see `convcodec models`) or path to a .safetensors file.")
+@click.option("--refine", type=click.IntRange(min=0, max=10000), default=0, show_default=True,
+              help="Improve the latents for each image with N gradient steps on its own rate-distortion "
+              "cost: a slower encoder (40 steps: about 50x), smaller files at equal quality; decoding "
+              "is unchanged.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print per-group bytes, the model's rate estimate and PSNR.")
 @_errors
-def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbose):
+def compress(inputs, output, steps, max_bytes, bpp, model, refine, device, quiet, verbose):
     """Compress images (PNG, JPEG, WebP, TIFF, BMP, ...) to .cdr files.
 
     Alpha is flattened onto white; 16-bit images are scaled to 8 bits.
@@ -210,12 +214,13 @@ def compress(inputs, output, steps, max_bytes, bpp, model, device, quiet, verbos
         budget = _budget(w, h, max_bytes, bpp)
         enc = rec = None
         if budget is not None:
-            data = encode_to_budget(rgb, model, steps, budget, device)
+            data = encode_to_budget(rgb, model, steps, budget, device, refine)
         elif verbose:
-            enc, rec = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=True)
+            enc, rec = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=True,
+                                    refine=refine)
             data = enc.data
         else:
-            data = codec.encode(rgb, model=model, steps=steps, device=device).data
+            data = codec.encode(rgb, model=model, steps=steps, device=device, refine=refine).data
         _write(dst, [src], lambda f: f.write(data))
         hd = unpack(data).header
         n = len(data)

@@ -60,28 +60,39 @@ def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 Take = Callable[[int, object, torch.Tensor, torch.Tensor, np.ndarray], np.ndarray]
+Latent = Callable[[int, object, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _walk(model, height: int, width: int, stored: int, take: Take, device,
-          temperature: float = 0.0, seeds=(0,), render: bool = True):
-    """The loop both sides share, for a batch of ``len(seeds)`` images of one
-    size. ``take(g, state, mu_p, scale, idx)`` returns the integer offsets of
-    stored group g, batch first (encoder: quantize and code them; decoder:
-    decode them). Returns the reconstructions in [0, 1] at the padded size,
-    or None when ``render`` is False (the encoder then stops after the last
-    stored group: nothing after it changes the file). Image b of a batch
-    gets exactly what it gets alone: the same network arithmetic and its own
-    noise generator seeded with ``seeds[b]``."""
-    st, _ = model.init_state(len(seeds), height, width, device)
+def coded(model, take: Take) -> Latent:
+    """The latent callback of a coder: ``take(g, state, mu_p, scale, idx)``
+    returns stored group g's integer offsets from the prior mean in bins,
+    batch first (the encoder quantizes and codes them, the decoder reads
+    them), and the latent is the prior mean plus that many bins."""
     w = model.width()
+
+    def latent(g, st, mu_p, sigma_p):
+        scale = sigma_p / w
+        k = take(g, st, mu_p, scale, entropy.scale_index(scale.cpu().numpy()))
+        return mu_p + w * torch.from_numpy(k).to(device=mu_p.device, dtype=mu_p.dtype)
+    return latent
+
+
+def _walk(model, height: int, width: int, stored: int, latent: Latent, device,
+          temperature: float = 0.0, seeds=(0,), render: bool = True):
+    """The loop every side shares, for a batch of ``len(seeds)`` images of
+    one size. ``latent(g, state, mu_p, sigma_p)`` gives stored group g's
+    latent (encoder and decoder: through ``coded``; the encoder's refinement:
+    a differentiable choice of offsets). Returns the reconstructions in
+    [0, 1] at the padded size, or None when ``render`` is False (the encoder
+    then stops after the last stored group: nothing after it changes the
+    file). Image b of a batch gets exactly what it gets alone: the same
+    network arithmetic and its own noise generator seeded with ``seeds[b]``."""
+    st, _ = model.init_state(len(seeds), height, width, device)
     gens = [torch.Generator().manual_seed(sd) for sd in seeds]
     for g in range(model.num_groups if render else stored):
         mu_p, sigma_p = model.prior(st)
         if g < stored:
-            scale = sigma_p / w
-            idx = entropy.scale_index(scale.cpu().numpy())
-            k = take(g, st, mu_p, scale, idx)
-            z = mu_p + w * torch.from_numpy(k).to(device=device, dtype=mu_p.dtype)
+            z = latent(g, st, mu_p, sigma_p)
         elif temperature > 0:
             eps = torch.stack([torch.randn(mu_p.shape[1:], generator=gn) for gn in gens]).to(device)
             z = mu_p + temperature * sigma_p * eps
@@ -98,14 +109,21 @@ def _to_uint8(x: torch.Tensor, h: int, w: int, b: int = 0) -> np.ndarray:
 
 
 def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
-           device: str = "auto", reconstruct: bool = False):
-    """HxWx3 uint8 -> Encoded (and the decoder's reconstruction if asked)."""
+           device: str = "auto", reconstruct: bool = False, refine: int = 0):
+    """HxWx3 uint8 -> Encoded (and the decoder's reconstruction if asked).
+
+    ``refine`` > 0 improves the stored offsets with that many gradient steps
+    on the file's own rate-distortion cost (convcodec.refine): a slower
+    encode and a better file, decoded as any other."""
     net, info = load_model(model)
     dev = pick_device(device)
     net = net.to(dev)
     h, w = rgb.shape[:2]
     stored = net.num_groups if steps is None else max(0, min(int(steps), net.num_groups))
-    chunks, crcs, est = [], [], []
+    if refine > 0:
+        from .refine import check_size, model_lambda
+        check_size(h, w)
+        model_lambda(info["card"], max(1, stored), net.num_groups)      # fail early if it has none
     with torch.inference_mode():
         x01 = torch.tensor(rgb, device=dev).permute(2, 0, 1)[None].float().div(255)  # copy: input may be read-only
         x01 = _pad(x01, net.cfg.stride)
@@ -114,19 +132,44 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
         width = net.width()
         state = {"enc": enc_state}
 
-        def take(g, st, mu_p, scale, idx):
+        def guess(g, st, mu_p):
+            """The encoder network's offsets (bins from the prior mean), unrounded."""
             mu_q, state["enc"] = net.posterior(ctx, st, state["enc"])
-            k = torch.round((mu_q - mu_p) / width).clamp_(-entropy.SYMBOL_MAX, entropy.SYMBOL_MAX)
+            return (mu_q - mu_p) / width
+
+        pick = guess
+        if refine > 0 and stored > 0:
+            from .refine import refine_offsets
+            start = []
+
+            def first_guess(g, st, mu_p, sigma_p):
+                start.append(guess(g, st, mu_p))
+                return mu_p + width * _quantize(start[-1])
+
+            _walk(net, x01.shape[-2], x01.shape[-1], stored, first_guess, dev, render=False)
+            with torch.inference_mode(False):
+                chosen = refine_offsets(net, x01, h, w, start, refine, info["card"])
+            pick = lambda g, st, mu_p: chosen[g]  # noqa: E731
+
+        chunks, crcs, est = [], [], []
+
+        def take(g, st, mu_p, scale, idx):
+            k = _quantize(pick(g, st, mu_p))
             est.append(float(gaussian_bits(k, scale).sum()))
             k = k.to(torch.int32).cpu().numpy()
             chunks.append(entropy.encode(k[0], idx[0]))
             crcs.append(entropy.symbol_crc(k[0]))
             return k
 
-        out = _walk(net, x01.shape[-2], x01.shape[-1], stored, take, dev, render=reconstruct)
+        out = _walk(net, x01.shape[-2], x01.shape[-1], stored, coded(net, take), dev, render=reconstruct)
     cdr = CdrFile(Header(info["name"], _digest8(info), w, h, net.num_groups, stored), chunks, crcs)
     encoded = Encoded(pack(cdr), cdr, est, info["name"])
     return (encoded, _to_uint8(out, h, w)) if reconstruct else encoded
+
+
+def _quantize(offsets: torch.Tensor) -> torch.Tensor:
+    """Offsets in bins -> the integers the coder stores."""
+    return torch.round(offsets).clamp_(-entropy.SYMBOL_MAX, entropy.SYMBOL_MAX)
 
 
 def model_for(cdr: CdrFile, model: str | None = None):
@@ -179,7 +222,7 @@ def _decode_batch(net, cdrs: list[CdrFile], stored: int, temperature: float, see
         return np.stack([_read_group(c, g, idx[b]) for b, c in enumerate(cdrs)])
 
     with torch.inference_mode():
-        out = _walk(net, ph, pw, stored, take, dev, temperature, seeds)
+        out = _walk(net, ph, pw, stored, coded(net, take), dev, temperature, seeds)
     return [_to_uint8(out, hd.height, hd.width, b) for b in range(len(cdrs))]
 
 

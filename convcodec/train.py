@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from .nets.rollout import lambda_t
 from .zoo import build_model, config_from_dict, save_model
 
 
@@ -110,8 +111,7 @@ def lr_at(tc: TrainConfig, step: int, progress: float) -> float:
 
 def lambda_at(tc: TrainConfig, t: int, T: int) -> float:
     """lambda_t, log-spaced from lmbda_first (t = 1) to lmbda (t = T)."""
-    lo = tc.lmbda_first or tc.lmbda
-    return lo * (tc.lmbda / lo) ** ((t - 1) / max(1, T - 1))
+    return lambda_t(tc.lmbda_first or tc.lmbda, tc.lmbda, t, T)
 
 
 def _setup(device: str):

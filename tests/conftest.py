@@ -14,7 +14,7 @@ TINY = ConvDrawConfig(steps=4, latent=4, hidden=16, enc_hidden=8, read=8, canvas
                       analysis=(8, 8, 16), synthesis=(8, 8))
 
 
-def make_tiny(path, seed=0, name="tiny", **over):
+def make_tiny(path, seed=0, name="tiny", card=None, **over):
     torch.manual_seed(seed)
     cfg = ConvDrawConfig.from_dict({**TINY.to_dict(), **over})
     m = ConvDraw(cfg)
@@ -22,7 +22,7 @@ def make_tiny(path, seed=0, name="tiny", **over):
     # tests exercise real symbols in the coder, not only zeros.
     with torch.no_grad():
         m.log_width.fill_(-4.0)
-    zoo.save_model(m, path, {"name": name})
+    zoo.save_model(m, path, {"name": name, **(card or {})})
     return str(path) + ".safetensors"
 
 

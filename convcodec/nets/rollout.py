@@ -28,6 +28,12 @@ class LatentGroups(nn.Module):
         return noisy_rollout(self, x01, prefixes, mixed)
 
 
+def lambda_t(first: float, last: float, t: int, T: int) -> float:
+    """The distortion weight of a file of t groups out of T: log-spaced from
+    ``first`` (one group) to ``last`` (all groups)."""
+    return first * (last / first) ** ((t - 1) / max(1, T - 1))
+
+
 def prior_mean_fill(model, st, start: int):
     """Regenerate groups start..T-1 from the prior mean: what the decoder does
     (at temperature 0) for a file that stores only the first ``start`` groups."""
