@@ -94,3 +94,23 @@ def test_plot_log_reads_resumed_and_skipped_records(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["plot_log.py", str(run), "--out", str(tmp_path / "t.png"), "--marks", "1"])
     plot_log.main()
     assert (tmp_path / "t.png").stat().st_size > 0 and "| run | 2.1 | 100 |" in capsys.readouterr().out
+
+
+def test_refine_gain_measures_real_files(tmp_path, monkeypatch):
+    from .conftest import make_tiny
+    model = make_tiny(tmp_path / "tiny-l", card={"training": {"lambda": 0.05}})
+    gain = _tool("refine_gain")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rgb = smooth_image(40, 48, seed=2)
+    Image.fromarray(rgb).save(imgs / "a.png")
+    out = tmp_path / "gain.json"
+    monkeypatch.setattr(sys, "argv", ["refine_gain.py", "--models", model, "--images", str(imgs),
+                                      "--iters", "3", "--json", str(out)])
+    gain.main()
+    (res,) = json.loads(out.read_text())["models"].values()
+    (row,) = res["images"]
+    from convcodec import codec
+    plain = codec.encode(rgb, model=model).data
+    assert row["plain"]["bpp"] == pytest.approx(8 * len(plain) / (40 * 48))
+    assert res["bytes_change_pct"] == pytest.approx(100 * (row["refined"]["bpp"] / row["plain"]["bpp"] - 1))

@@ -48,7 +48,7 @@ def main():
             for key, it in (("plain", 0), ("refined", a.iters)):
                 t0 = time.perf_counter()
                 data = codec.encode(rgb, model=m, steps=a.steps, refine=it).data
-                row[key] = {"bpp": bpp(len(data), rgb), "psnr": psnr(rgb, codec.decode(data)),
+                row[key] = {"bpp": bpp(len(data), rgb), "psnr": psnr(rgb, codec.decode(data, model=m)),
                             "encode_s": time.perf_counter() - t0}
             rows.append(row)
             print(f"{m} {row['image']}: " + ", ".join(
