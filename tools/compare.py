@@ -28,7 +28,7 @@ from tqdm import tqdm
 from convcodec import codec, container
 from convcodec.image import load_image
 from convcodec.metrics import bd_rate, interp_curve, msssim_db, pareto, pillow_roundtrip, psnr
-from convcodec.zoo import current_models, load_model
+from convcodec.zoo import DEFAULT_MODEL, current_models, load_model
 
 ANCHORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "anchors", "kodak_published.json")
 
@@ -121,7 +121,7 @@ def main():
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
     ap.add_argument("--models", default=None, help="comma-separated model names [default: every current (not superseded) model]")
     ap.add_argument("--no-temperature-1", action="store_true",
-                    help="skip the T=1 decodes (made for the first model only: they feed Figure 4)")
+                    help="skip the T=1 decodes (made for the first model only, the default model when it is in the list: they feed Figure 4)")
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args()
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
@@ -129,6 +129,8 @@ def main():
         sys.exit(f"no PNG images in {a.images}")
     os.makedirs(a.out, exist_ok=True)
     models = a.models.split(",") if a.models else current_models()
+    if DEFAULT_MODEL in models:          # the T=1 rows and Figure 4 are made for the first model
+        models.insert(0, models.pop(models.index(DEFAULT_MODEL)))
     images = {os.path.basename(p): load_image(p) for p in paths}
     settings = classical_settings()
     rows, groups_bits, recon, sizes = [], {}, {}, {}
