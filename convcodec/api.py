@@ -62,7 +62,7 @@ def compress(image: ImageLike, steps: int | None = None, model: str | None = Non
         bpp: like ``max_bytes``, as bits per pixel.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         refine: gradient steps that improve the encoder's latents for this
-            image (convcodec.refine): 0 is one network pass; 40 is about 50x
+            image (convcodec.refine): 0 is one network pass; 40 is about 20x
             slower and a few percent smaller at equal quality.
     """
     from .image import load_image

@@ -184,7 +184,7 @@ def main():
 @click.option("--model", default=None, help="Model name (see `convcodec models`) or path to a .safetensors file.")
 @click.option("--refine", type=click.IntRange(min=0, max=10000), default=0, show_default=True,
               help="Improve the latents for each image with N gradient steps on its own rate-distortion "
-              "cost: a slower encoder (40 steps: about 50x), smaller files at equal quality; decoding "
+              "cost: a slower encoder (40 steps: about 20x), smaller files at equal quality; decoding "
               "is unchanged.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
