@@ -343,13 +343,12 @@ def info(files):
 @_errors
 def models():
     """List the installed models with their Kodak rate ranges."""
-    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, current_models, list_models, read_card
-    names = list_models()
-    if not names:
+    from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, current_models, installed_cards
+    cards = installed_cards()
+    if not cards:
         raise Failure(f"no models installed in {MODELS_DIR}")
-    current = current_models()
-    for n in names:
-        card = read_card(MODELS_DIR / f"{n}.safetensors")
+    current = current_models(cards)
+    for n, card in cards.items():
         rd = card.get("kodak", {}).get("rd", [])
         rng = (f"{rd[0]['bpp']:.3f}-{rd[-1]['bpp']:.3f} bpp, {rd[0]['psnr']:.1f}-{rd[-1]['psnr']:.1f} dB "
                f"on Kodak" if rd else "not measured on Kodak")

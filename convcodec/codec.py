@@ -120,10 +120,10 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
     net = net.to(dev)
     h, w = rgb.shape[:2]
     stored = net.num_groups if steps is None else max(0, min(int(steps), net.num_groups))
-    if refine > 0:
-        from .refine import check_size, model_lambda
+    if refine > 0:       # refused before any work: too big, or no lambda to refine for
+        from .refine import check_size, model_lambda, refine_offsets
         check_size(h, w)
-        model_lambda(info["card"], max(1, stored), net.num_groups)      # fail early if it has none
+        lmbda = model_lambda(info["card"], max(1, stored), net.num_groups)
     with torch.inference_mode():
         x01 = torch.tensor(rgb, device=dev).permute(2, 0, 1)[None].float().div(255)  # copy: input may be read-only
         x01 = _pad(x01, net.cfg.stride)
@@ -139,7 +139,6 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
 
         pick = guess
         if refine > 0 and stored > 0:
-            from .refine import refine_offsets
             start = []
 
             def first_guess(g, st, mu_p, sigma_p):
@@ -148,8 +147,10 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
 
             _walk(net, x01.shape[-2], x01.shape[-1], stored, first_guess, dev, render=False)
             with torch.inference_mode(False):
-                chosen = refine_offsets(net, x01, h, w, start, refine, info["card"])
-            pick = lambda g, st, mu_p: chosen[g]  # noqa: E731
+                chosen = refine_offsets(net, x01, h, w, start, refine, lmbda)
+
+            def pick(g, st, mu_p):
+                return chosen[g]
 
         chunks, crcs, est = [], [], []
 

@@ -49,14 +49,13 @@ def check_size(h: int, w: int):
 
 
 def refine_offsets(net, x01: torch.Tensor, h: int, w: int, start: list[torch.Tensor], iters: int,
-                   card: dict) -> list[torch.Tensor]:
+                   lmbda: float) -> list[torch.Tensor]:
     """The stored groups' integer offsets (as float tensors) after ``iters``
-    gradient steps from ``start``, the encoder network's unrounded offsets.
-    ``x01`` is the padded image, ``h`` x ``w`` its real size."""
+    gradient steps from ``start``, the encoder network's unrounded offsets,
+    on the cost with distortion weight ``lmbda`` (``model_lambda``). ``x01``
+    is the padded image, ``h`` x ``w`` its real size (``check_size`` first)."""
     from .codec import _quantize, _walk
-    check_size(h, w)
     stored = len(start)
-    lmbda = model_lambda(card, stored, net.num_groups)
     x01 = x01.clone()                                      # a plain tensor, not an inference one
     ys = [y.clone().requires_grad_(True) for y in start]
     opt = torch.optim.Adam(ys, lr=TRAVEL / iters)

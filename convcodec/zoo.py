@@ -101,15 +101,19 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in MODELS_DIR.glob("*.safetensors"))
 
 
-def current_models() -> list[str]:
+def installed_cards() -> dict[str, dict]:
+    """Every installed model's card, by name (in name order)."""
+    return {n: read_card(MODELS_DIR / f"{n}.safetensors") for n in list_models()}
+
+
+def current_models(cards: dict[str, dict] | None = None) -> list[str]:
     """The installed models that no newer model supersedes: those a budget
     search tries. A superseded model (its card names ``superseded_by``) stays
     installed so that the files made with it still decode: a file names the
     exact weights it needs. (Superseded by a model that is not installed, it
-    stays current.)"""
-    names = list_models()
-    return [n for n in names
-            if read_card(MODELS_DIR / f"{n}.safetensors").get("superseded_by") not in names]
+    stays current.) ``cards``: ``installed_cards()``, when the caller has them."""
+    cards = installed_cards() if cards is None else cards
+    return [n for n, card in cards.items() if card.get("superseded_by") not in cards]
 
 
 def read_card(weights: Path) -> dict:
