@@ -114,3 +114,20 @@ def test_refine_gain_measures_real_files(tmp_path, monkeypatch):
     plain = codec.encode(rgb, model=model).data
     assert row["plain"]["bpp"] == pytest.approx(8 * len(plain) / (40 * 48))
     assert res["bytes_change_pct"] == pytest.approx(100 * (row["refined"]["bpp"] / row["plain"]["bpp"] - 1))
+
+
+def test_envelopes_per_backbone_name_their_points():
+    compare = _tool("compare")
+    pt = lambda b, q, s: {"setting": s, "bpp": b, "psnr": q}
+    agg = {"convcodec a": [pt(0.1, 20, "steps 1"), pt(0.5, 30, "steps 2")],
+           "convcodec b": [pt(0.2, 26, "steps 1"), pt(0.4, 25, "steps 2")],
+           "convcodec m": [pt(0.3, 27, "steps 1")],
+           "convcodec n": [pt(0.05, 15, "steps 1"), pt(0.3, 22, "steps 2")]}
+    env = compare.envelopes(agg, {"a": "convdraw", "b": "convdraw", "m": "matnet", "n": "matnet"})
+    assert set(env) == {"convcodec (envelope)", "convcodec (convdraw envelope)", "convcodec (matnet envelope)"}
+    assert [p["setting"] for p in env["convcodec (envelope)"]] == [
+        "n steps 1", "a steps 1", "b steps 1", "m steps 1", "a steps 2"]   # b steps 2 is dominated
+    assert [p["setting"] for p in env["convcodec (matnet envelope)"]] == ["n steps 1", "m steps 1"]
+    assert [p["setting"] for p in env["convcodec (convdraw envelope)"]] == ["a steps 1", "b steps 1", "a steps 2"]
+    assert compare.envelopes(agg, {"a": "convdraw"}) == {}             # one model: no envelope
+    assert set(compare.envelopes(agg, {"a": "convdraw", "b": "convdraw"})) == {"convcodec (envelope)"}

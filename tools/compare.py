@@ -86,12 +86,30 @@ def aggregate(rows):
     return agg
 
 
-def envelope(agg, names, label):
-    """The upper envelope (in PSNR) of several convcodec curves, as one codec."""
-    pts = [(p["bpp"], p["psnr"], p) for n in names for p in agg[n]]
-    keep = set(pareto([(b, q) for b, q, _ in pts]))
-    return [dict(p, setting=f"{p.get('model', '')} {p['setting']}".strip())
-            for b, q, p in sorted(pts, key=lambda t: t[0]) if (b, q) in keep]
+def envelope(agg, names):
+    """The upper envelope (in PSNR) of several convcodec curves, as one codec;
+    each point's setting names the model it came from ("convdraw-v2 steps 2")."""
+    pts = [(p["bpp"], p["psnr"], n, p) for n in names for p in agg[n]]
+    keep = set(pareto([(b, q) for b, q, _, _ in pts]))
+    return [dict(p, setting=f"{n.removeprefix('convcodec ')} {p['setting']}")
+            for b, q, n, p in sorted(pts, key=lambda t: t[0]) if (b, q) in keep]
+
+
+def envelopes(agg, backbones):
+    """model -> backbone in, the envelope rows out: one over every model, and
+    one per backbone that has two or more models when there are several
+    backbones (issue #5 judges "the MatNet curve", i.e. the MatNet family)."""
+    out = {}
+    if len(backbones) > 1:
+        out["convcodec (envelope)"] = envelope(agg, [f"convcodec {m}" for m in backbones])
+    by = {}
+    for m, b in backbones.items():
+        by.setdefault(b, []).append(f"convcodec {m}")
+    if len(by) > 1:
+        for b, names in sorted(by.items()):
+            if len(names) > 1:
+                out[f"convcodec ({b} envelope)"] = envelope(agg, names)
+    return out
 
 
 ANCHOR_CODECS = ("JPEG2000", "JPEG", "WebP", "AVIF")
@@ -164,9 +182,7 @@ def main():
     bar.close()
     wall = time.time() - t_start
     agg = aggregate(rows)
-    conv_names = [f"convcodec {m}" for m in models]
-    if len(conv_names) > 1:
-        agg["convcodec (envelope)"] = envelope(agg, conv_names, "envelope")
+    agg.update(envelopes(agg, {m: load_model(m)[0].cfg.backbone for m in models}))
     bd = bd_table(agg)
     res = {"images": list(images), "wall_s": round(wall, 1), "codecs": agg, "bd_rate": bd,
            "rows": rows, "bits_per_group": {m: np.mean(v, axis=0).tolist() for m, v in groups_bits.items()},
