@@ -32,7 +32,7 @@ class ModelError(Exception):
 
 
 # A backbone's name picks its default model: ``--model matnet``.
-FAMILY_DEFAULTS = {"convdraw": DEFAULT_MODEL, "matnet": "matnet-v2"}
+FAMILY_DEFAULTS = {"convdraw": DEFAULT_MODEL, "matnet": "matnet-mid"}
 
 
 def _backbone(name: str):
