@@ -239,6 +239,7 @@ def write_summary(out, agg, bd, n, wall, models=()):
              + " | MS-SSIM vs JPEG2000 | MS-SSIM vs JPEG |",
              "|---|" + "---:|" * (len(ANCHOR_CODECS) + 2)]
     fmt = lambda v: "–" if v is None else f"{v:+.1f}"
+    fmt1 = lambda v: "–" if v is None else f"{v:.1f}"
     for name in agg:
         g = lambda m, a: bd.get(m, {}).get(f"vs {a}", {}).get(name)
         lines.append(f"| {name} | " + " | ".join(fmt(g("psnr", a)) for a in ANCHOR_CODECS)
@@ -250,7 +251,7 @@ def write_summary(out, agg, bd, n, wall, models=()):
                   "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for r in models:
             lines.append(f"| {r['model']} | {r['backbone']} | {r['groups']} | {r['parameters'] / 1e6:.2f} M | "
-                         f"{r['train_minutes']} ({r['train_minutes_total']}) | {r['patches_per_s']} | "
+                         f"{r['train_minutes']} ({r['train_minutes_total']}) | {fmt1(r['patches_per_s'])} | "
                          f"{fmt(r['bd_psnr_vs_jpeg'])} | {fmt(r['bd_psnr_vs_jpeg2000'])} | "
                          f"{r['bpp_range'][0]:.3f}–{r['bpp_range'][1]:.3f} | {r['encode_s']:.3f} | "
                          f"{r['decode_s']:.3f} |")
