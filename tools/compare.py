@@ -99,16 +99,15 @@ def envelopes(agg, backbones):
     """model -> backbone in, the envelope rows out: one over every model, and
     one per backbone that has two or more models when there are several
     backbones (issue #5 judges "the MatNet curve", i.e. the MatNet family)."""
-    out = {}
-    if len(backbones) > 1:
-        out["convcodec (envelope)"] = envelope(agg, [f"convcodec {m}" for m in backbones])
     by = {}
     for m, b in backbones.items():
         by.setdefault(b, []).append(f"convcodec {m}")
+    out = {}
+    if len(backbones) > 1:
+        out["convcodec (envelope)"] = envelope(agg, [f"convcodec {m}" for m in backbones])
     if len(by) > 1:
-        for b, names in sorted(by.items()):
-            if len(names) > 1:
-                out[f"convcodec ({b} envelope)"] = envelope(agg, names)
+        out.update({f"convcodec ({b} envelope)": envelope(agg, names)
+                    for b, names in sorted(by.items()) if len(names) > 1})
     return out
 
 
