@@ -1,7 +1,8 @@
 """The Python API: ``compress`` and ``decompress``.
 
     >>> import convcodec
-    >>> data = convcodec.compress("photo.png", steps=6)          # bytes of a .cdr file
+    >>> data = convcodec.compress("photo.png", quality=60)       # bytes of a .cdr file
+    >>> data = convcodec.compress("photo.png", steps=6)          # the first 6 groups only
     >>> img = convcodec.decompress(data)                          # PIL.Image.Image, RGB
     >>> data = convcodec.compress(img, max_bytes=6000)            # the best file that fits
 
@@ -49,16 +50,19 @@ def fit_to_budget(cdr: CdrFile, max_bytes: int) -> CdrFile:
 
 def compress(image: ImageLike, steps: int | None = None, model: str | None = None,
              max_bytes: int | None = None, bpp: float | None = None, device: str = "auto",
-             refine: int = 0) -> bytes:
+             refine: int = 0, quality: int | None = None) -> bytes:
     """Compress an image to the bytes of a ``.cdr`` file.
 
     Args:
         image: a path, the bytes of an image file, a PIL image, or a numpy
             array (HxW, HxWx3 or HxWx4; uint8, or float in [0, 1]).
+        quality: 1..100 for a variable-rate model (the default model is one;
+            default 75); higher means more bytes and a closer picture.
         steps: latent groups to store (default: all the model has).
         model: model name (``convcodec.models()``) or path to a .safetensors file.
-        max_bytes: write the largest prefix of groups that fits in this many
-            bytes (never more); combined with ``steps``, the smaller wins.
+        max_bytes: write the best file that fits in this many bytes (never
+            more): the highest quality of a variable-rate model, the longest
+            prefix of groups; combined with ``steps``, the smaller wins.
         bpp: like ``max_bytes``, as bits per pixel.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         refine: gradient steps that improve the encoder's latents for this
@@ -68,38 +72,66 @@ def compress(image: ImageLike, steps: int | None = None, model: str | None = Non
     from .image import load_image
     rgb = load_image(image)
     budget = _budget(rgb.shape[1], rgb.shape[0], max_bytes, bpp)
+    if budget is not None and quality is not None:
+        raise ValueError("quality and max_bytes/bpp both set the rate: give one")
+    if budget is None:
+        from . import codec
+        return codec.encode(rgb, model=model, steps=steps, device=device, refine=refine, quality=quality).data
     return encode_to_budget(rgb, model, steps, budget, device, refine)
 
 
-def encode_to_budget(rgb, model: str | None, steps: int | None, budget: int | None,
+def _fit_quality(rgb, model, steps, budget: int, device: str):
+    """A variable-rate model's best file within ``budget``: the highest
+    quality whose file fits (bisection; the rate rises with quality), or at
+    the lowest quality the longest prefix of groups that fits. Returns
+    (CdrFile, quality)."""
+    from . import codec
+    lo, hi = 1, 100
+    first = codec.encode(rgb, model=model, steps=steps, device=device, quality=lo)
+    if len(first.data) > budget:
+        return fit_to_budget(first.cdr, budget), lo
+    best = first.cdr
+    while lo < hi:                      # invariant: quality lo fits
+        mid = (lo + hi + 1) // 2
+        enc = codec.encode(rgb, model=model, steps=steps, device=device, quality=mid)
+        if len(enc.data) <= budget:
+            lo, best = mid, enc.cdr
+        else:
+            hi = mid - 1
+    return best, lo
+
+
+def encode_to_budget(rgb, model: str | None, steps: int | None, budget: int,
                      device: str = "auto", refine: int = 0) -> bytes:
-    """Encode; with a byte budget and no model named, try every current
-    (not superseded) model and keep the file that decodes best (highest
-    PSNR) within budget. With ``refine``, the file chosen is then encoded
-    again with refinement (kept if it still fits)."""
+    """The best file within ``budget`` bytes. A variable-rate model (the
+    default) searches its quality; a single-rate one cuts groups. With no
+    model named, every current (not superseded) model is tried and the file
+    that decodes best (highest PSNR) is kept. With ``refine``, the file
+    chosen is then encoded again with refinement (kept if it still fits)."""
     from . import codec
     from .metrics import psnr
-    from .zoo import current_models
-    if budget is None:
-        return codec.encode(rgb, model=model, steps=steps, device=device, refine=refine).data
-    candidates = [model] if model is not None else (current_models() or [None])
+    from .zoo import DEFAULT_MODEL, current_models
+    candidates = [model] if model is not None else (current_models() or [DEFAULT_MODEL])
     best, errors = None, []
     for m in candidates:
-        enc = codec.encode(rgb, model=m, steps=steps, device=device)
+        net, _ = codec.load_model(m)
         try:
-            cut = fit_to_budget(enc.cdr, budget)
+            if codec.is_variable_rate(net):
+                cut, quality = _fit_quality(rgb, m, steps, budget, device)
+            else:
+                cut, quality = fit_to_budget(codec.encode(rgb, model=m, steps=steps, device=device).cdr, budget), None
         except RateError as e:
             errors.append(e)
             continue
         data = pack(cut)
         q = psnr(rgb, codec.decode(cut, model=m, device=device)) if len(candidates) > 1 else 0.0
         if best is None or q > best[0]:
-            best = (q, data, m, len(cut.chunks))
+            best = (q, data, m, len(cut.chunks), quality)
     if best is None:
         raise min(errors, key=lambda e: e.smallest)
-    _, data, m, t = best
+    _, data, m, t, quality = best
     if refine:
-        better = codec.encode(rgb, model=m, steps=t, device=device, refine=refine).data
+        better = codec.encode(rgb, model=m, steps=t, device=device, refine=refine, quality=quality).data
         if len(better) <= budget:
             data = better
     return data

@@ -22,7 +22,8 @@ from .image import ImageError
 EXAMPLES = """
 \b
 Examples:
-  convcodec compress photo.png -o photo.cdr --steps 8
+  convcodec compress photo.png -o photo.cdr                # default model, quality 75
+  convcodec compress photo.png -o photo.cdr --quality 40 --steps 6
   convcodec compress photo.png -o small.cdr --max-bytes 6000
   convcodec compress photos/ -o out/                # every image in a folder
   convcodec decompress photo.cdr -o photo.out.png
@@ -163,10 +164,11 @@ def _run_all(pairs, quiet, work, unit="image"):
 @click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="convcodec")
 def main():
-    """convcodec: a neural lossy image codec (Convolutional DRAW).
+    """convcodec: a neural lossy image codec (MatNet and Convolutional DRAW).
 
     A file stores the first groups of latents, coarse to fine; the decoder
-    regenerates the rest from the model's prior.
+    regenerates the rest from the model's prior. --quality 1..100 sets the
+    rate of the default (variable-rate) model.
     """
 
 
@@ -174,11 +176,14 @@ def main():
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output .cdr file ('-': stdout), or a folder for several inputs "
               "[default: each INPUT with .cdr].")
+@click.option("--quality", type=click.IntRange(1, 100), default=None,
+              help="Quality 1..100 of a variable-rate model (higher: more bytes, closer to the "
+              "original) [default: 75].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Latent groups to store (more: higher quality, more bytes) [default: all].")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=None,
-              help="Write the best file of at most this many bytes (choosing the model, unless "
-              "--model is given, and the number of groups).")
+              help="Write the best file of at most this many bytes (choosing the quality, the "
+              "number of groups and, for single-rate models, the model).")
 @click.option("--bpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Write the best file of at most this many bits per pixel.")
 @click.option("--model", default=None, help="Model name (see `convcodec models`) or path to a .safetensors file.")
@@ -190,7 +195,7 @@ def main():
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print per-group bytes, the model's rate estimate and PSNR.")
 @_errors
-def compress(inputs, output, steps, max_bytes, bpp, model, refine, device, quiet, verbose):
+def compress(inputs, output, quality, steps, max_bytes, bpp, model, refine, device, quiet, verbose):
     """Compress images (PNG, JPEG, WebP, TIFF, BMP, ...) to .cdr files.
 
     Alpha is flattened onto white; 16-bit images are scaled to 8 bits.
@@ -202,6 +207,11 @@ def compress(inputs, output, steps, max_bytes, bpp, model, refine, device, quiet
     from .metrics import psnr
     pairs = _plan(inputs, output, ".cdr", IMAGE_EXTS)
     net, info = codec.load_model(model)
+    if quality is not None and not codec.is_variable_rate(net):
+        raise click.UsageError(f"model {info['name']} has a single rate; --quality needs a variable-rate "
+                               "model (see `convcodec models`)")
+    if quality is not None and (max_bytes is not None or bpp is not None):
+        raise click.UsageError("--quality and --max-bytes/--bpp both set the rate: give one")
     if steps is not None and steps > net.num_groups and not quiet:
         click.echo(f"note: model {info['name']} has {net.num_groups} groups; storing all of them", err=True)
     single = len(pairs) == 1
@@ -217,15 +227,17 @@ def compress(inputs, output, steps, max_bytes, bpp, model, refine, device, quiet
             data = encode_to_budget(rgb, model, steps, budget, device, refine)
         elif verbose:
             enc, rec = codec.encode(rgb, model=model, steps=steps, device=device, reconstruct=True,
-                                    refine=refine)
+                                    refine=refine, quality=quality)
             data = enc.data
         else:
-            data = codec.encode(rgb, model=model, steps=steps, device=device, refine=refine).data
+            data = codec.encode(rgb, model=model, steps=steps, device=device, refine=refine,
+                                quality=quality).data
         _write(dst, [src], lambda f: f.write(data))
         hd = unpack(data).header
         n = len(data)
         if not quiet and single:
-            click.echo(f"{src} -> {dst}: {w}x{h}, {hd.groups_stored}/{hd.groups_total} groups, "
+            qs = f"quality {hd.quality}, " if hd.quality else ""
+            click.echo(f"{src} -> {dst}: {w}x{h}, {qs}{hd.groups_stored}/{hd.groups_total} groups, "
                        f"{n} bytes, {8 * n / (w * h):.4f} bpp", err=True)
         if verbose and budget is not None:
             click.echo(f"  model {hd.model_name} chosen for the budget of {budget} bytes", err=True)
@@ -275,6 +287,9 @@ def decompress(inputs, output, fmt, steps, temperature, seed, model, device, qui
             f = Image.registered_extensions().get(e)
             if f is None:
                 raise Failure(f"{dst}: unknown output image format {e or '(no extension)'!r}")
+        # Pillow registers most save plugins lazily (on the first open or
+        # save): in a fresh process Image.SAVE is nearly empty until init().
+        Image.init()
         if f not in Image.SAVE or f == "CDR":
             raise Failure(f"{dst}: cannot write image format {f!r}")
         return f
@@ -327,9 +342,14 @@ def info(files):
         c = unpack(data)
         h = c.header
         px = h.width * h.height
-        over = overhead_bytes(h.model_name, h.groups_stored)
+        over = overhead_bytes(h.model_name, h.groups_stored, h.version)
         click.echo(f"{path}:")
         click.echo(f"  model           {h.model_name} (weights {h.model_digest.hex()})")
+        click.echo(f"  format          .cdr version {h.version} ("
+                   + ("exact entropy model: decodes the same on every machine)" if h.version >= 2 else
+                      "float entropy model: another machine may fail to decode it)"))
+        if h.quality:
+            click.echo(f"  quality         {h.quality}")
         click.echo(f"  image           {h.width}x{h.height}")
         click.echo(f"  groups          {h.groups_stored} of {h.groups_total} stored")
         click.echo(f"  bytes           {len(data)} ({8 * len(data) / px:.4f} bpp; container {over})")
@@ -340,26 +360,35 @@ def info(files):
 
 
 @main.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list superseded models (kept so that their files decode).")
 @_errors
-def models():
+def models(show_all):
     """List the installed models with their Kodak rate ranges."""
     from .zoo import DEFAULT_MODEL, FAMILY_DEFAULTS, MODELS_DIR, current_models, installed_cards
     cards = installed_cards()
     if not cards:
         raise Failure(f"no models installed in {MODELS_DIR}")
     current = current_models(cards)
+    hidden = 0
     for n, card in cards.items():
-        rd = card.get("kodak", {}).get("rd", [])
+        if n not in current and not show_all:
+            hidden += 1
+            continue
+        rd = card.get("kodak", {}).get("quality_sweep") or card.get("kodak", {}).get("rd", [])
         rng = (f"{rd[0]['bpp']:.3f}-{rd[-1]['bpp']:.3f} bpp, {rd[0]['psnr']:.1f}-{rd[-1]['psnr']:.1f} dB "
                f"on Kodak" if rd else "not measured on Kodak")
         cfg = card.get("config", {})
         groups = cfg.get("steps") or sum(cfg.get("groups", [])) or "?"
+        kind = ("variable rate (--quality 1..100), portable files" if cfg.get("rate_knots")
+                else "single rate, version-1 files (not portable)")
         flags = (["default"] if n == DEFAULT_MODEL else []) + [
             f"--model {fam}" for fam, m in FAMILY_DEFAULTS.items() if m == n]
         if n not in current:
             flags.append(f"superseded by {card['superseded_by']}; kept so that its files decode")
         flag = f" ({', '.join(flags)})" if flags else ""
-        click.echo(f"{n}{flag}: {cfg.get('backbone')}, {groups} groups, {rng}")
+        click.echo(f"{n}{flag}: {cfg.get('backbone')}, {groups} groups, {kind}, {rng}")
+    if hidden:
+        click.echo(f"({hidden} superseded models not shown: `convcodec models --all`)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Image -> latent groups -> bytes, and back.
 
-Both directions run ``_walk``: one loop over the model's latent groups. For
-stored groups the encoder quantizes its posterior and the decoder reads the
-same integers back; for the others both regenerate from the prior. The
-encoder therefore tracks exactly the state the decoder will have.
+Both directions run ``convcodec.nets.rollout.walk``, the loop over the
+model's latent groups that training and refinement run too. For stored
+groups the encoder quantizes its posterior and the decoder reads the same
+integers back (the ``Coded`` strategy); for the others both regenerate from
+the prior. The encoder therefore tracks exactly the state the decoder will
+have. A model with exact scales computes the coder's probabilities in
+fixed-point arithmetic (convcodec.nets.exact), so its files (container
+version 2) decode to the same symbols on every machine.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from . import entropy
 from .container import CdrFile, ContainerError, Header, overhead_bytes, pack, unpack
 from .nets.layers import gaussian_bits
+from .nets.rollout import Coded, quantize, walk
 from .zoo import ModelError, load_model
 
 
@@ -59,48 +63,41 @@ def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
     return x
 
 
-Take = Callable[[int, object, torch.Tensor, torch.Tensor, np.ndarray], np.ndarray]
-Latent = Callable[[int, object, torch.Tensor, torch.Tensor], torch.Tensor]
+def is_portable(net) -> bool:
+    """Whether the model's coder scales come from exact arithmetic (files of
+    version 2, the same symbols on every machine)."""
+    return bool(getattr(net.cfg, "exact_scales", False))
 
 
-def coded(model, take: Take) -> Latent:
-    """The latent callback of a coder: ``take(g, state, mu_p, scale, idx)``
-    returns stored group g's integer offsets from the prior mean in bins,
-    batch first (the encoder quantizes and codes them, the decoder reads
-    them), and the latent is the prior mean plus that many bins."""
-    w = model.width()
-
-    def latent(g, st, mu_p, sigma_p):
-        scale = sigma_p / w
-        k = take(g, st, mu_p, scale, entropy.scale_index(scale.cpu().numpy()))
-        return mu_p + w * torch.from_numpy(k).to(device=mu_p.device, dtype=mu_p.dtype)
-    return latent
+def is_variable_rate(net) -> bool:
+    return bool(getattr(net.cfg, "rate_knots", 0))
 
 
-def _walk(model, height: int, width: int, stored: int, latent: Latent, device,
-          temperature: float = 0.0, seeds=(0,), render: bool = True):
-    """The loop every side shares, for a batch of ``len(seeds)`` images of
-    one size. ``latent(g, state, mu_p, sigma_p)`` gives stored group g's
-    latent (encoder and decoder: through ``coded``; the encoder's refinement:
-    a differentiable choice of offsets). Returns the reconstructions in
-    [0, 1] at the padded size, or None when ``render`` is False (the encoder
-    then stops after the last stored group: nothing after it changes the
-    file). Image b of a batch gets exactly what it gets alone: the same
-    network arithmetic and its own noise generator seeded with ``seeds[b]``."""
-    st, _ = model.init_state(len(seeds), height, width, device)
-    gens = [torch.Generator().manual_seed(sd) for sd in seeds]
-    for g in range(model.num_groups if render else stored):
-        mu_p, sigma_p = model.prior(st)
-        if g < stored:
-            z = latent(g, st, mu_p, sigma_p)
-        elif temperature > 0:
-            eps = torch.stack([torch.randn(mu_p.shape[1:], generator=gn) for gn in gens]).to(device)
-            z = mu_p + temperature * sigma_p * eps
-        else:
-            z = mu_p
-        if render or g + 1 < stored:
-            st = model.update(st, z)
-    return model.render(st) if render else None
+DEFAULT_QUALITY = 75
+QUALITY_RANGE = (1, 100)
+
+
+def quality_u(quality: int) -> float:
+    """Quality 1..100 -> the model's rate position u in [0, 1] (u = 0 is the
+    smallest lambda of its range, u = 1 the largest)."""
+    return (int(quality) - 1) / 99.0
+
+
+def _check_quality(quality) -> int:
+    q = int(quality)
+    if q != quality or not QUALITY_RANGE[0] <= q <= QUALITY_RANGE[1]:
+        raise ValueError(f"quality must be an integer from {QUALITY_RANGE[0]} to {QUALITY_RANGE[1]}, not {quality!r}")
+    return q
+
+
+def _table(version: int):
+    return entropy.SCALES if version >= 2 else entropy.SCALES_V1
+
+
+def _start(net, batch: int, height: int, width: int, dev, quality: int):
+    """The walk's first states (decoder, encoder) for a file of this quality."""
+    u = quality_u(quality) if is_variable_rate(net) else None
+    return net.init_state(batch, height, width, dev, quality=u)
 
 
 def _to_uint8(x: torch.Tensor, h: int, w: int, b: int = 0) -> np.ndarray:
@@ -109,13 +106,24 @@ def _to_uint8(x: torch.Tensor, h: int, w: int, b: int = 0) -> np.ndarray:
 
 
 def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
-           device: str = "auto", reconstruct: bool = False, refine: int = 0):
+           device: str = "auto", reconstruct: bool = False, refine: int = 0,
+           quality: int | None = None):
     """HxWx3 uint8 -> Encoded (and the decoder's reconstruction if asked).
 
-    ``refine`` > 0 improves the stored offsets with that many gradient steps
-    on the file's own rate-distortion cost (convcodec.refine): a slower
-    encode and a better file, decoded as any other."""
+    ``quality`` (1..100, default DEFAULT_QUALITY) sets a variable-rate
+    model's rate; a single-rate model refuses it. ``refine`` > 0 improves
+    the stored offsets with that many gradient steps on the file's own
+    rate-distortion cost (convcodec.refine): a slower encode and a better
+    file, decoded as any other."""
     net, info = load_model(model)
+    if is_variable_rate(net):
+        quality = _check_quality(DEFAULT_QUALITY if quality is None else quality)
+    elif quality is not None:
+        raise ValueError(f"model {info['name']!r} has a single rate: --quality needs a variable-rate "
+                         "model (convcodec models); choose the rate with --steps or another model")
+    else:
+        quality = 0
+    version = 2 if is_portable(net) else 1
     dev = pick_device(device)
     net = net.to(dev)
     h, w = rgb.shape[:2]
@@ -123,54 +131,49 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
     if refine > 0:       # refused before any work: too big, or no lambda to refine for
         from .refine import check_size, model_lambda, refine_offsets
         check_size(h, w)
-        lmbda = model_lambda(info["card"], max(1, stored), net.num_groups)
+        lmbda = model_lambda(info["card"], max(1, stored), net.num_groups, net.cfg, quality)
     with torch.inference_mode():
         x01 = torch.tensor(rgb, device=dev).permute(2, 0, 1)[None].float().div(255)  # copy: input may be read-only
         x01 = _pad(x01, net.cfg.stride)
+        ph, pw = x01.shape[-2:]
         ctx = net.begin(x01)
-        _, enc_state = net.init_state(1, *x01.shape[-2:], dev)
-        width = net.width()
-        state = {"enc": enc_state}
+        state = {}
 
-        def guess(g, st, mu_p):
+        def guess(st, prior, wd):
             """The encoder network's offsets (bins from the prior mean), unrounded."""
             mu_q, state["enc"] = net.posterior(ctx, st, state["enc"])
-            return (mu_q - mu_p) / width
+            return (mu_q - prior.mu) / wd
 
-        pick = guess
+        pick = lambda g, st, prior, wd: guess(st, prior, wd)
         if refine > 0 and stored > 0:
             start = []
 
-            def first_guess(g, st, mu_p, sigma_p):
-                start.append(guess(g, st, mu_p))
-                return mu_p + width * _quantize(start[-1])
+            def first_guess(g, st, prior, wd):
+                start.append(guess(st, prior, wd))
+                return quantize(start[-1]).to(torch.int32).cpu().numpy()
 
-            _walk(net, x01.shape[-2], x01.shape[-1], stored, first_guess, dev, render=False)
+            st0, state["enc"] = _start(net, 1, ph, pw, dev, quality)
+            walk(net, st0, Coded(first_guess), stored, coding=True, render=False)
             with torch.inference_mode(False):
-                chosen = refine_offsets(net, x01, h, w, start, refine, lmbda)
-
-            def pick(g, st, mu_p):
-                return chosen[g]
+                chosen = refine_offsets(net, x01, h, w, start, refine, lmbda, quality)
+            pick = lambda g, st, prior, wd: chosen[g]
 
         chunks, crcs, est = [], [], []
 
-        def take(g, st, mu_p, scale, idx):
-            k = _quantize(pick(g, st, mu_p))
-            est.append(float(gaussian_bits(k, scale).sum()))
+        def take(g, st, prior, wd):
+            k = quantize(pick(g, st, prior, wd))
+            est.append(float(gaussian_bits(k, prior.scale).sum()))
             k = k.to(torch.int32).cpu().numpy()
-            chunks.append(entropy.encode(k[0], idx[0]))
+            chunks.append(entropy.encode(k[0], prior.idx[0], _table(version)))
             crcs.append(entropy.symbol_crc(k[0]))
             return k
 
-        out = _walk(net, x01.shape[-2], x01.shape[-1], stored, coded(net, take), dev, render=reconstruct)
-    cdr = CdrFile(Header(info["name"], _digest8(info), w, h, net.num_groups, stored), chunks, crcs)
+        st, state["enc"] = _start(net, 1, ph, pw, dev, quality)
+        out = walk(net, st, Coded(take), stored, coding=True, render=reconstruct)
+    header = Header(info["name"], _digest8(info), w, h, net.num_groups, stored, quality, version)
+    cdr = CdrFile(header, chunks, crcs)
     encoded = Encoded(pack(cdr), cdr, est, info["name"])
     return (encoded, _to_uint8(out, h, w)) if reconstruct else encoded
-
-
-def _quantize(offsets: torch.Tensor) -> torch.Tensor:
-    """Offsets in bins -> the integers the coder stores."""
-    return torch.round(offsets).clamp_(-entropy.SYMBOL_MAX, entropy.SYMBOL_MAX)
 
 
 def model_for(cdr: CdrFile, model: str | None = None):
@@ -200,7 +203,7 @@ def _read_group(cdr: CdrFile, g: int, idx: np.ndarray) -> np.ndarray:
     # different machine or build), unless the file was altered and its
     # checksums recomputed. Both are reported as what they are.
     try:
-        k = entropy.decode(cdr.chunks[g], idx)
+        k = entropy.decode(cdr.chunks[g], idx, _table(cdr.header.version))
     except entropy.StreamError as e:
         raise DesyncError(f"group {g + 1} cannot be decoded although the file's checksum is intact "
                           f"({e}): decoding went out of step with the encoder (this machine "
@@ -214,16 +217,18 @@ def _read_group(cdr: CdrFile, g: int, idx: np.ndarray) -> np.ndarray:
 
 
 def _decode_batch(net, cdrs: list[CdrFile], stored: int, temperature: float, seeds, dev) -> list[np.ndarray]:
-    """Decode files of one size and one model together (one network pass)."""
+    """Decode files of one size, model and quality together (one network pass)."""
     hd = cdrs[0].header
     s = net.cfg.stride
     ph, pw = hd.height + (-hd.height) % s, hd.width + (-hd.width) % s
 
-    def take(g, st, mu_p, scale, idx):
-        return np.stack([_read_group(c, g, idx[b]) for b, c in enumerate(cdrs)])
+    def take(g, st, prior, wd):
+        return np.stack([_read_group(c, g, prior.idx[b]) for b, c in enumerate(cdrs)])
 
+    gens = [torch.Generator().manual_seed(sd) for sd in seeds]
     with torch.inference_mode():
-        out = _walk(net, ph, pw, stored, coded(net, take), dev, temperature, seeds)
+        st, _ = _start(net, len(cdrs), ph, pw, dev, hd.quality)
+        out = walk(net, st, Coded(take), stored, coding=True, temperature=temperature, gens=gens)
     return [_to_uint8(out, hd.height, hd.width, b) for b in range(len(cdrs))]
 
 
@@ -261,8 +266,9 @@ def decode_many(files, model: str | None = None, temperature: float = 0.0, seed:
     buckets: dict = {}
     for i, c in enumerate(cdrs):
         h = c.header
-        buckets.setdefault((h.model_name, h.model_digest, h.width, h.height, len(c.chunks)), []).append(i)
-    for (_, _, _, _, stored), idxs in buckets.items():
+        buckets.setdefault((h.model_name, h.model_digest, h.width, h.height, h.quality, len(c.chunks)),
+                           []).append(i)
+    for (*_, stored), idxs in buckets.items():
         net, _ = model_for(cdrs[idxs[0]], model)
         net = net.to(dev)
         for a in range(0, len(idxs), batch):

@@ -1,6 +1,6 @@
 """The .cdr container: parsing and writing only (no torch, no constriction).
 
-All integers are little-endian. Version 1 layout:
+All integers are little-endian. Version 2 layout (version 1 below it):
 
     offset  size  field
     0       4     magic            b"\\x89CDR" (the high bit catches 7-bit mangling)
@@ -13,7 +13,8 @@ All integers are little-endian. Version 1 layout:
     19+n    4     height           pixels, 1..MAX_SIDE
     23+n    1     groups_total     latent groups of the model, 1..255
     24+n    1     groups_stored    0..groups_total
-    25+n    4     header CRC-32    of bytes [0, 25+n)
+    25+n    1     quality          1..100 for a variable-rate model, 0 for a single-rate one
+    26+n    4     header CRC-32    of bytes [0, 26+n)
     then groups_stored entries of 8 bytes:
             4     chunk length     bytes, a multiple of 4
             4     symbol CRC-32    CRC-32 of the group's decoded symbols (int32 LE):
@@ -21,6 +22,14 @@ All integers are little-endian. Version 1 layout:
                                    fails this check instead of showing a wrong picture
     then the chunks, in group order (range-coder words, uint32 LE)
     last    4     file CRC-32      of every byte before it
+
+Version 2 means the portable entropy model: every scale index the coder
+used was computed in exact fixed-point arithmetic (convcodec.nets.exact), so
+the file decodes to the same symbols on every machine. Version 1 (the
+float-prior models of convcodec 0.1) has no quality byte (the header CRC
+covers [0, 25+n)); its scales came from float arithmetic, so a machine with
+another instruction set may fail to decode it (the symbol CRCs catch that).
+Both versions are read; a model writes the version of its entropy model.
 
 Groups come in generation order, so cutting a file to its first t groups
 (``truncate``) keeps a valid file: drop trailing chunks and table entries,
@@ -33,12 +42,14 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89CDR"
-VERSION = 1
+VERSION = 2                  # written by models with exact scales
+VERSIONS = (1, 2)            # read
 MAX_SIDE = 1 << 16           # largest width or height a file may declare
 MAX_PIXELS = 1 << 26         # largest width*height a file may declare (67 MP): bounds a hostile header's cost
 MAX_NAME = 64
 _FIXED = struct.Struct("<4sBBB")
 _DIMS = struct.Struct("<8sIIBB")
+_QUALITY = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _ENTRY = struct.Struct("<II")
 
@@ -55,6 +66,8 @@ class Header:
     height: int
     groups_total: int
     groups_stored: int = 0
+    quality: int = 0             # 1..100 (variable-rate model) or 0; version 2 only
+    version: int = VERSION
 
 
 @dataclass
@@ -82,8 +95,14 @@ def pack(f: CdrFile) -> bytes:
     if len(f.chunks) != len(f.symbol_crcs) or not 0 <= len(f.chunks) <= h.groups_total <= 255:
         raise ContainerError("inconsistent group count")
     _check_dims(h.width, h.height)
-    head = (_FIXED.pack(MAGIC, VERSION, 0, len(name)) + name
+    if h.version not in VERSIONS:
+        raise ContainerError(f"cannot write .cdr version {h.version}")
+    if not 0 <= h.quality <= 100 or (h.version == 1 and h.quality):
+        raise ContainerError("quality must be 0..100 (and 0 in a version-1 file)")
+    head = (_FIXED.pack(MAGIC, h.version, 0, len(name)) + name
             + _DIMS.pack(h.model_digest, h.width, h.height, h.groups_total, len(f.chunks)))
+    if h.version >= 2:
+        head += _QUALITY.pack(h.quality)
     out = bytearray(head + _U32.pack(_crc(head)))
     for c, s in zip(f.chunks, f.symbol_crcs):
         if len(c) % 4:
@@ -111,16 +130,17 @@ def unpack(data: bytes) -> CdrFile:
     if len(data) < _FIXED.size:
         raise ContainerError("truncated .cdr file (header cut short)")
     _, version, flags, n = _FIXED.unpack_from(data, 0)
-    if version != VERSION:
-        raise ContainerError(f"unsupported .cdr version {version} (this convcodec reads version {VERSION})")
+    if version not in VERSIONS:
+        raise ContainerError(f"unsupported .cdr version {version} (this convcodec reads versions "
+                             f"{', '.join(map(str, VERSIONS))}; a newer convcodec wrote it)")
     if flags != 0:
         raise ContainerError(f"unsupported .cdr flags 0x{flags:02x}")
     if not 1 <= n <= MAX_NAME:
         raise ContainerError("corrupted .cdr header (model name length out of range)")
     off = _FIXED.size + n
-    if len(data) < off + _DIMS.size + 4:
+    head_end = off + _DIMS.size + (_QUALITY.size if version >= 2 else 0)
+    if len(data) < head_end + 4:
         raise ContainerError("truncated .cdr file (header cut short)")
-    head_end = off + _DIMS.size
     (crc,) = _U32.unpack_from(data, head_end)
     if crc != _crc(data[:head_end]):
         raise ContainerError("corrupted .cdr header (checksum mismatch)")
@@ -129,6 +149,9 @@ def unpack(data: bytes) -> CdrFile:
     except UnicodeDecodeError:
         raise ContainerError("corrupted .cdr header (model name is not UTF-8)") from None
     digest, w, h, total, stored = _DIMS.unpack_from(data, off)
+    quality = _QUALITY.unpack_from(data, off + _DIMS.size)[0] if version >= 2 else 0
+    if quality > 100:
+        raise ContainerError(f"corrupted .cdr header (quality {quality})")
     try:
         _check_dims(w, h)
     except ContainerError as e:
@@ -154,7 +177,7 @@ def unpack(data: bytes) -> CdrFile:
             raise ContainerError("corrupted .cdr file (chunk length not a multiple of 4)")
         chunks.append(data[pos:pos + length])
         pos += length
-    return CdrFile(Header(name, digest, w, h, total, stored), chunks, [s for _, s in entries])
+    return CdrFile(Header(name, digest, w, h, total, stored, quality, version), chunks, [s for _, s in entries])
 
 
 def truncate(f: CdrFile, groups: int) -> CdrFile:
@@ -164,6 +187,7 @@ def truncate(f: CdrFile, groups: int) -> CdrFile:
     return CdrFile(h, f.chunks[:g], f.symbol_crcs[:g])
 
 
-def overhead_bytes(name: str, groups: int) -> int:
+def overhead_bytes(name: str, groups: int, version: int = VERSION) -> int:
     """Container bytes that are not range-coder payload."""
-    return _FIXED.size + len(name.encode("utf-8")) + _DIMS.size + 4 + groups * _ENTRY.size + 4
+    q = _QUALITY.size if version >= 2 else 0
+    return _FIXED.size + len(name.encode("utf-8")) + _DIMS.size + q + 4 + groups * _ENTRY.size + 4

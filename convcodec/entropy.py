@@ -16,12 +16,24 @@ import zlib
 
 import numpy as np
 
+from .nets.exact import dexp, dlog
 from .nets.layers import SCALE_MAX, SCALE_MIN
 
 NUM_SCALES = 64
-SCALES = np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES))
 SYMBOL_MAX = 1023          # offsets are clamped to [-SYMBOL_MAX, SYMBOL_MAX]
 
+# The table, its log-spacing and the index arithmetic's constants are
+# computed with decimal (correctly rounded exp and ln), not the platform's
+# libm or numpy's SIMD exp, whose last bit differs between instruction sets:
+# the coder's probabilities must be the same bits on every machine.
+LOG_SCALE_MIN = dlog(SCALE_MIN)
+LOG_STEP = (dlog(SCALE_MAX) - LOG_SCALE_MIN) / (NUM_SCALES - 1)
+INV_LOG_STEP = 1.0 / LOG_STEP
+SCALES = np.array([dexp(LOG_SCALE_MIN + i * LOG_STEP) for i in range(NUM_SCALES)])
+
+# Version-1 files (the float-prior models) were written with numpy's table;
+# they keep it, so that they decode wherever they decoded before.
+SCALES_V1 = np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES))
 _LOG_MIN = math.log(SCALE_MIN)
 _LOG_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)
 
@@ -41,23 +53,23 @@ def _family():
     return constriction.stream.model.QuantizedGaussian(-SYMBOL_MAX, SYMBOL_MAX)
 
 
-def encode(symbols: np.ndarray, idx: np.ndarray) -> bytes:
-    """Range-code int offsets ``symbols`` with scales ``SCALES[idx]``."""
+def encode(symbols: np.ndarray, idx: np.ndarray, table: np.ndarray = SCALES) -> bytes:
+    """Range-code int offsets ``symbols`` with scales ``table[idx]``."""
     import constriction
     sym = np.ascontiguousarray(symbols, dtype=np.int32).ravel()
-    std = SCALES[np.asarray(idx).ravel()]
+    std = table[np.asarray(idx).ravel()]
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(sym, _family(), np.zeros_like(std), std)
     return enc.get_compressed().astype("<u4").tobytes()
 
 
-def decode(data: bytes, idx: np.ndarray) -> np.ndarray:
+def decode(data: bytes, idx: np.ndarray, table: np.ndarray = SCALES) -> np.ndarray:
     """Inverse of ``encode``; returns int32 offsets shaped like ``idx``."""
     import constriction
     if len(data) % 4:
         raise StreamError("chunk length is not a whole number of 32-bit words")
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    std = SCALES[np.asarray(idx).ravel()]
+    std = table[np.asarray(idx).ravel()]
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
         out = dec.decode(_family(), np.zeros_like(std), std)

@@ -2,7 +2,7 @@
 
 Registered by ``import convcodec``. Opening reads only the header (size and
 mode); pixels are decoded on first access. Save options: ``steps``,
-``model``, ``max_bytes``, ``bpp``, ``device``; open options are set on the
+``quality``, ``model``, ``max_bytes``, ``bpp``, ``device``; open options are set on the
 image before loading it: ``img.decode_options = {"temperature": 1, "seed": 3}``.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ class CdrImageFile(ImageFile.ImageFile):
         self._size = (cdr.header.width, cdr.header.height)
         self.info["model"] = cdr.header.model_name
         self.info["groups"] = (cdr.header.groups_stored, cdr.header.groups_total)
+        if cdr.header.quality:
+            self.info["quality"] = cdr.header.quality
         self.decode_options: dict = {}
         self.tile = []
 
@@ -41,7 +43,7 @@ class CdrImageFile(ImageFile.ImageFile):
 
 def _save(im: Image.Image, fp, filename):
     from .api import compress
-    opts = {k: im.encoderinfo[k] for k in ("steps", "model", "max_bytes", "bpp", "device")
+    opts = {k: im.encoderinfo[k] for k in ("quality", "steps", "model", "max_bytes", "bpp", "device")
             if k in im.encoderinfo}
     fp.write(compress(im, **opts))
 

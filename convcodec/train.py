@@ -162,20 +162,45 @@ def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
 
 
 def _init_from(init: str, model) -> str:
-    """Start from a shipped model: every weight for the same backbone (or an
-    error), the parts with the same name and shape (the g_a / g_s
-    transforms) for another backbone, the rest trained from scratch."""
+    """Start from a shipped model. A tensor of the same name and shape is
+    copied whole; one of the same name whose shape differs (a prior head
+    that now gives only the mean, a wider layer) gets the overlapping
+    leading block, the rest keeping its fresh initialisation. Tensors the
+    source lacks (new modules) stay fresh. Reports how many were copied."""
     from .zoo import load_model
     src, info = load_model(init)
     mine, theirs = model.state_dict(), src.state_dict()
-    shared = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
-    if src.cfg.backbone == model.cfg.backbone:
-        model.load_state_dict(theirs)
-    else:
-        model.load_state_dict(shared, strict=False)
-    n = sum(v.numel() for v in shared.values())
-    return (f"initialised {n} of {sum(v.numel() for v in mine.values())} parameters "
-            f"from {info['name']} ({info['sha256'][:12]})")
+    whole = block = 0
+    with torch.no_grad():
+        for k, v in theirs.items():
+            if k not in mine or mine[k].dim() != v.dim():
+                continue
+            if mine[k].shape == v.shape:
+                mine[k].copy_(v)
+                whole += v.numel()
+            else:
+                sl = tuple(slice(0, min(a, b)) for a, b in zip(mine[k].shape, v.shape))
+                mine[k][sl].copy_(v[sl])
+                block += mine[k][sl].numel()
+    total = sum(v.numel() for v in mine.values())
+    return (f"initialised {whole} of {total} parameters from {info['name']} ({info['sha256'][:12]}), "
+            f"and {block} more as leading blocks of differently shaped tensors")
+
+
+# The entropy model's own parameters (quality gains, exact-scale networks)
+# learn faster: they are few, start from scratch when a model is extended,
+# and a plain rate term moves them slowly at the backbone's learning rate.
+FAST_PARAMS, FAST_LR_MULT = ("log_gain", "log_sigma0", "scale_nets."), 5.0
+
+
+def param_groups(model) -> list[dict]:
+    fast, rest = [], []
+    for n, p in model.named_parameters():
+        (fast if n.startswith(FAST_PARAMS) else rest).append(p)
+    groups = [{"params": rest, "lr_mult": 1.0}]
+    if fast:
+        groups.append({"params": fast, "lr_mult": FAST_LR_MULT})
+    return groups
 
 
 @dataclass
@@ -296,23 +321,46 @@ class TrainLog:
         self._reset()
 
 
-def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int):
+def _per_image_distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``distortion`` per image (B): a variable-rate batch weighs each image
+    with its own lambda."""
+    if tc.distortion == "mse":
+        return 255 ** 2 * (x_hat - x).pow(2).flatten(1).mean(1)
+    return torch.stack([distortion(tc, x_hat[i:i + 1], x[i:i + 1]) for i in range(x.shape[0])])
+
+
+def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: random.Random | None = None):
     """One iteration's objective (module docstring): the rate-distortion
-    costs of all T groups and of the first ``prefix``. Returns the loss and
-    its terms for the log."""
+    costs of all T groups and of the first ``prefix``. A variable-rate model
+    draws a quality u per image, uniform in [0, 1], and weighs that image
+    with its lambda (log-spaced over the model's range; the same lambda for
+    the prefix). Returns the loss and its terms for the log."""
+    cfg = getattr(net, "module", net).cfg
+    b = x.shape[0]
+    quality = None
+    if getattr(cfg, "rate_knots", 0):
+        gen = gen or random.Random(0)
+        quality = torch.tensor([gen.random() for _ in range(b)], device=x.device)
+        lo, hi = cfg.lambdas
+        lam = lo * (hi / lo) ** quality
+        lam_pre = lam
+    else:
+        lam = torch.full((b,), lambda_at(tc, T, T), device=x.device)
+        lam_pre = torch.full((b,), lambda_at(tc, prefix, T), device=x.device)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-        bits, recon = net(x, prefixes=(prefix,), mixed=tc.mixed)
-    gbpp = bits / (x.shape[0] * x.shape[2] * x.shape[3])
+        bits, recon = net(x, prefixes=(prefix,), mixed=tc.mixed, quality=quality)
+    pixels = x.shape[2] * x.shape[3]
+    gbpp = bits.sum(1) / (b * pixels)                     # per group, mean over images
+    bpp_img, bpp_pre_img = bits.sum(0) / pixels, bits[:prefix].sum(0) / pixels
     x_all, x_pre = recon[T].float(), recon[prefix].float()
-    d_all, d_pre = distortion(tc, x_all, x), distortion(tc, x_pre, x)
-    loss = (gbpp.sum() + lambda_at(tc, T, T) * d_all
-            + gbpp[:prefix].sum() + lambda_at(tc, prefix, T) * d_pre)
+    d_all, d_pre = _per_image_distortion(tc, x_all, x), _per_image_distortion(tc, x_pre, x)
+    loss = (bpp_img + lam * d_all + bpp_pre_img + lam_pre * d_pre).mean()
     if tc.distortion == "mse":          # the distortion is 255^2 * MSE already
-        mse, mse_pre = d_all.item() / 255 ** 2, d_pre.item() / 255 ** 2
+        mse, mse_pre = d_all.mean().item() / 255 ** 2, d_pre.mean().item() / 255 ** 2
     else:
         with torch.no_grad():
             mse, mse_pre = F.mse_loss(x_all, x).item(), F.mse_loss(x_pre, x).item()
-    terms = {"gbpp": gbpp, "bpp": gbpp.sum().item(), "dist": d_all.item(), "dist_pre": d_pre.item(),
+    terms = {"gbpp": gbpp, "bpp": gbpp.sum().item(), "dist": d_all.mean().item(), "dist_pre": d_pre.mean().item(),
              "mse": mse, "mse_pre": mse_pre}
     return loss, terms
 
@@ -372,7 +420,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     model = build_model(config_from_dict(model_cfg)).to(dev)
     ema = build_model(config_from_dict(model_cfg)).to(dev)
     ema.load_state_dict(model.state_dict())
-    run = Run(model, ema, torch.optim.Adam(model.parameters(), lr=tc.lr), random.Random(tc.seed * 1000 + rank))
+    run = Run(model, ema, torch.optim.Adam(param_groups(model), lr=tc.lr), random.Random(tc.seed * 1000 + rank))
     loss_avg = None
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False, map_location=dev)  # our own file, written below
@@ -404,10 +452,10 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     while run.elapsed < budget:
         t0 = time.time()
         for g in run.opt.param_groups:
-            g["lr"] = lr_at(tc, run.step, run.elapsed / budget)
+            g["lr"] = lr_at(tc, run.step, run.elapsed / budget) * g.get("lr_mult", 1.0)
         x = random_batch(imgs, tc.batch, tc.crop, run.gen).to(dev, non_blocking=True)
         prefix = _shared_prefix(run.gen, T, world, dev)
-        loss, terms = rd_loss(tc, net, x, prefix, T)
+        loss, terms = rd_loss(tc, net, x, prefix, T, run.gen)
         lv = _mean_over_processes(loss.item(), world, dev)
         skip = guard.bad_loss(run.step, lv)
         if not skip:

@@ -24,7 +24,7 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
-DEFAULT_MODEL = "convdraw-v2"
+DEFAULT_MODEL = "matnet-vr"
 
 
 class ModelError(Exception):
@@ -32,7 +32,7 @@ class ModelError(Exception):
 
 
 # A backbone's name picks its default model: ``--model matnet``.
-FAMILY_DEFAULTS = {"convdraw": DEFAULT_MODEL, "matnet": "matnet-mid"}
+FAMILY_DEFAULTS = {"convdraw": "convdraw-v2", "matnet": DEFAULT_MODEL}
 
 
 def _backbone(name: str):

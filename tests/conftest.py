@@ -43,6 +43,33 @@ def make_tiny_matnet(path, seed=0, name="tiny-matnet"):
     return str(path) + ".safetensors"
 
 
+TINY_VR = MatNetConfig(latent=4, width=8, groups=(1, 2, 2), analysis=(8, 8, 8), synthesis=(8, 8),
+                       rate_knots=4, exact_scales=True, scale_hidden=8)
+
+
+def make_tiny_vr(path, seed=0, name="tiny-vr"):
+    """A tiny variable-rate MatNet with exact (portable) scales, perturbed so
+    that the scale networks see real context and give varied scales."""
+    torch.manual_seed(seed)
+    m = MatNet(TINY_VR)
+    with torch.no_grad():
+        m.log_width.fill_(-3.0)
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Conv2d) and not mod.weight.any():
+                mod.weight.normal_(0, 0.1)
+        for net in m.scale_nets:
+            net.c3.weight.normal_(0, 0.5)
+            net.c3.bias.fill_(-2.0)
+        m.log_sigma0.fill_(-2.0)
+    zoo.save_model(m, path, {"name": name})
+    return str(path) + ".safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_vr(tmp_path_factory):
+    return make_tiny_vr(tmp_path_factory.mktemp("vr") / "tiny-vr")
+
+
 @pytest.fixture(scope="session")
 def tiny_matnet(tmp_path_factory):
     return make_tiny_matnet(tmp_path_factory.mktemp("matnet") / "tiny-matnet")

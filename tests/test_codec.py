@@ -16,9 +16,9 @@ def _symbols(model_path, rgb, steps):
     seen = []
     orig = entropy.encode
 
-    def spy(sym, idx):
+    def spy(sym, idx, *table):
         seen.append(np.array(sym))
-        return orig(sym, idx)
+        return orig(sym, idx, *table)
     entropy.encode = spy
     try:
         enc = codec.encode(rgb, model=model_path, steps=steps)
@@ -34,8 +34,8 @@ def test_latents_survive_the_coder_bit_exactly(tiny_model, hw):
     got = []
     orig = entropy.decode
 
-    def spy(data, idx):
-        out = orig(data, idx)
+    def spy(data, idx, *table):
+        out = orig(data, idx, *table)
         got.append(out)
         return out
     entropy.decode = spy

@@ -1,3 +1,5 @@
+import zlib
+
 import pytest
 
 from convcodec import container as C
@@ -17,14 +19,42 @@ def test_roundtrip():
     assert len(data) == C.overhead_bytes("model-x", 3) + sum(len(c) for c in f.chunks)
 
 
-def test_little_endian_layout():
-    data = C.pack(sample())
-    assert data[:4] == b"\x89CDR" and data[4] == 1
+@pytest.mark.parametrize("version", [1, 2])
+def test_little_endian_layout(version):
+    f = sample()
+    f.header.version, f.header.quality = version, (37 if version == 2 else 0)
+    data = C.pack(f)
+    assert data[:4] == b"\x89CDR" and data[4] == version
     n = data[6]
     assert data[7:7 + n] == b"model-x"
     off = 7 + n + 8
     assert int.from_bytes(data[off:off + 4], "little") == 33
     assert int.from_bytes(data[off + 4:off + 8], "little") == 17
+    assert data[off + 8] == 3 and data[off + 9] == 3               # groups total, stored
+    head = off + 10 + (1 if version == 2 else 0)
+    if version == 2:
+        assert data[off + 10] == 37                                # quality
+    assert int.from_bytes(data[head:head + 4], "little") == zlib.crc32(data[:head])
+    g = C.unpack(data)
+    assert (g.header.version, g.header.quality) == (version, f.header.quality)
+    assert len(data) == C.overhead_bytes("model-x", 3, version) + sum(len(c) for c in f.chunks)
+
+
+def test_unknown_version_is_refused_by_number():
+    data = bytearray(C.pack(sample()))
+    data[4] = 9
+    with pytest.raises(C.ContainerError, match="version 9"):
+        C.unpack(bytes(data))
+
+
+def test_quality_is_range_checked():
+    f = sample()
+    f.header.quality = 101
+    with pytest.raises(C.ContainerError):
+        C.pack(f)
+    f.header.version, f.header.quality = 1, 5          # version 1 has no quality byte
+    with pytest.raises(C.ContainerError):
+        C.pack(f)
 
 
 def test_truncate_keeps_a_valid_prefix():

@@ -98,8 +98,8 @@ def test_spikes_are_skipped_then_reverted(tmp_path, monkeypatch):
     tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.03, warmup=2, ckpt_minutes=100)
     train(TINY.to_dict(), tc, str(out), "t")
     good = torch.load(out / "ckpt.pt", weights_only=False)["step"]
-    real = T.distortion
-    monkeypatch.setattr(T, "distortion", lambda tc, a, b: real(tc, a, b) * float("nan"))
+    real = T._per_image_distortion
+    monkeypatch.setattr(T, "_per_image_distortion", lambda tc, a, b: real(tc, a, b) * float("nan"))
     train(TINY.to_dict(), TrainConfig(**{**tc.__dict__, "minutes": 0.08}), str(out), "t")
     logs = [json.loads(line) for line in open(out / "log.jsonl")]
     after = [r for r in logs if r["step"] > good]

@@ -52,6 +52,7 @@ def main():
     hw = a.hardware or f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     last = log[-1] if log else {}
     lam_first = tc.get("lmbda_first") or tc["lmbda"]
+    mc = ck["model_cfg"]
     ini = init_record(tc.get("init"))
     own = round(ck["elapsed"] / 60, 1)
     card = {
@@ -73,6 +74,14 @@ def main():
                           f"log-spaced from {lam_first} (t=1) to {tc['lmbda']} (all groups)"),
         },
     }
+    if mc.get("rate_knots"):
+        lo, hi = model.cfg.lambdas
+        tr = card["training"]
+        tr["lambda"] = tr["lambda_first"] = None
+        tr["lambda_range"] = [lo, hi]
+        tr["objective"] = ("variable rate: each image of a batch draws a quality u ~ U[0, 1] and is weighed "
+                           f"with lambda = {lo} * ({hi} / {lo}) ** u; its loss is bpp + lambda*255^2*MSE for all "
+                           "groups plus the same for a random prefix (rest from the prior mean)")
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors and .json ({ck['step']} iterations, "
           f"{card['training']['wall_minutes']} min)")

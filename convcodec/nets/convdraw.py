@@ -101,7 +101,8 @@ class ConvDraw(LatentGroups):
     def num_groups(self) -> int:
         return self.cfg.steps
 
-    def init_state(self, batch: int, height: int, width: int, device=None):
+    def init_state(self, batch: int, height: int, width: int, device=None, quality=None):
+        """``quality`` is for variable-rate backbones; a Conv DRAW has one rate."""
         s = self.cfg.stride
         hs, ws = height // s, width // s
         z = lambda ch: torch.zeros(batch, ch, hs, ws, device=device)

@@ -25,14 +25,16 @@ scales and lets the prior regenerate the finer ones.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .exact import ACT_BITS, WEIGHT_BITS, ScaleNet, dexp, dlog, interp_knots, snap_index, to_grid
 from .layers import analysis, by_tiles, run_analysis, run_synthesis, synthesis
-from .rollout import LatentGroups
+from .rollout import LatentGroups, Prior, coder_scales
 
 
 @dataclass
@@ -44,6 +46,17 @@ class MatNetConfig:
     bu_blocks: int = 1                  # BU residual modules per scale (Eq. 9)
     analysis: tuple = (64, 64, 64)      # g_a: image -> finest latent scale; last = width
     synthesis: tuple = (64, 64)         # g_s widths from the finest scale upwards (then RGB)
+    # Variable rate (Cui et al. 2021, gain units): a table of log bin-width
+    # gains per (knot, group, latent map); quality u in [0, 1] interpolates it
+    # and trains with lambda = lambdas[0] * (lambdas[1] / lambdas[0]) ** u.
+    # 0 knots: a single-rate model (the width is log_width alone).
+    rate_knots: int = 0
+    lambdas: tuple = (0.0004, 0.25)
+    # Portable entropy model (convcodec.nets.exact): the prior's scale comes
+    # from a fixed-point network on already-decoded symbols, the same bits on
+    # every machine; the prior mean stays on the float top-down path.
+    exact_scales: bool = False
+    scale_hidden: int = 32
 
     @property
     def stride(self) -> int:
@@ -52,23 +65,27 @@ class MatNetConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("groups", "analysis", "synthesis"):
+        for k in ("groups", "analysis", "synthesis", "lambdas"):
             d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MatNetConfig":
         d = dict(d)
-        for k in ("groups", "analysis", "synthesis"):
+        for k in ("groups", "analysis", "synthesis", "lambdas"):
             d[k] = tuple(d[k])
         return cls(**d)
 
 
 @dataclass
 class TopDownState:
-    """What the decoder knows: the TD state and the index of the next group."""
+    """What the decoder knows: the TD state, the index of the next group, the
+    quality (per image when training, one number when coding) and, for the
+    exact scales, the magnitudes |w k| of the groups decoded so far."""
     h: torch.Tensor
     g: int
+    u: torch.Tensor | float | None = None
+    hist: tuple = ()
 
 
 @dataclass
@@ -117,9 +134,12 @@ class MatNet(LatentGroups):
         # top-down, coarsest scale first; one entry per group
         self.h_top = nn.Parameter(torch.zeros(1, C, 1, 1))
         n = sum(cfg.groups)
+        # Eq. 8: [mu; log sigma] from h_t; with exact scales only mu (the scale
+        # comes from the group's ScaleNet on decoded symbols instead).
+        p_out = L if cfg.exact_scales else 2 * L
         self.prior_heads = nn.ModuleList(
             nn.Sequential(nn.Conv2d(C, C, 3, padding=1), nn.LeakyReLU(0.1),
-                          nn.Conv2d(C, 2 * L, 3, padding=1)) for _ in range(n))
+                          nn.Conv2d(C, p_out, 3, padding=1)) for _ in range(n))
         self.td = nn.ModuleList(Residual(C + L, C) for _ in range(n))
         self.merge = nn.ModuleList(Residual(3 * C, C) for _ in range(n))
         self.q_heads = nn.ModuleList(nn.Conv2d(C, L, 3, padding=1) for _ in range(n))
@@ -128,6 +148,19 @@ class MatNet(LatentGroups):
         # The posterior's width is a learned constant per latent map, independent
         # of the input: it defines the quantization grid of that map.
         self.log_width = nn.Parameter(torch.zeros(L))
+        if cfg.rate_knots:
+            # Start near the high-rate rule w ~ lambda^-1/2, centred on the
+            # geometric middle of the lambda range (where an initial single-
+            # rate model was trained).
+            lo, hi = (math.log(v) for v in cfg.lambdas)
+            knots = torch.linspace(lo, hi, cfg.rate_knots) - 0.5 * (lo + hi)
+            self.log_gain = nn.Parameter((-0.5 * knots).view(-1, 1, 1).repeat(1, n, L).contiguous())
+        if cfg.exact_scales:
+            # group 0 has no decoded context: a learned constant per map; group g > 0
+            # sees |w k| of groups g-1 and g-2 (at its resolution) and the quality.
+            self.log_sigma0 = nn.Parameter(torch.zeros(L))
+            self.scale_nets = nn.ModuleList(ScaleNet(2 * L + 1, cfg.scale_hidden, L) for _ in range(n - 1))
+            self._exact_cache: dict = {}
         # group index -> (scale, is the last group of its scale)
         self._scale_of, self._last_of_scale = [], []
         for s, k in enumerate(cfg.groups):
@@ -139,11 +172,16 @@ class MatNet(LatentGroups):
     def num_groups(self) -> int:
         return sum(self.cfg.groups)
 
-    def init_state(self, batch: int, height: int, width: int, device=None):
+    def init_state(self, batch: int, height: int, width: int, device=None, quality=None):
+        """``quality``: u in [0, 1] for a variable-rate model (a float, or one
+        per image when training); ignored by a single-rate one."""
         s = self.cfg.stride
         hs, ws = height // s, width // s
         h = self.h_top.float().to(device).expand(batch, -1, hs, ws).contiguous()
-        return TopDownState(h, 0), MergeState(torch.zeros_like(h))
+        if self.cfg.rate_knots and quality is None:
+            raise ValueError("a variable-rate model needs a quality")
+        u = quality if self.cfg.rate_knots else None
+        return TopDownState(h, 0, u), MergeState(torch.zeros_like(h))
 
     def begin(self, x01: torch.Tensor) -> list[torch.Tensor]:
         """Bottom-up pass (Eq. 9), returned coarsest scale first like the TD."""
@@ -158,8 +196,111 @@ class MatNet(LatentGroups):
         return feats[::-1]
 
     def prior(self, st: TopDownState):
+        """Eq. 8 on the float path: mean and std (latent units) for a
+        single-rate model; with exact scales only the mean."""
+        if self.cfg.exact_scales:
+            (mu,) = by_tiles(lambda h: (self.prior_heads[st.g](h).float(),), st.h, halo=2)
+            return mu, None
         mu, log_sigma = by_tiles(lambda h: self.prior_heads[st.g](h).float().chunk(2, 1), st.h, halo=2)
         return mu, log_sigma.clamp(-10, 10).exp()
+
+    # ---- variable rate: the bin width of a group at a quality ----
+    def _log_bin_width(self, g: int, u) -> torch.Tensor:
+        """log bin width per image and latent map, B x L (u: tensor of B)."""
+        lw = self.log_width.float()[None]
+        if not self.cfg.rate_knots:
+            return lw
+        k = self.cfg.rate_knots
+        pos = u.float().clamp(0, 1) * (k - 1)
+        i = pos.floor().clamp(max=k - 2).long()
+        f = (pos - i)[:, None]
+        table = self.log_gain[:, g].float()
+        return lw + table[i] * (1 - f) + table[i + 1] * f
+
+    def _coding_constants(self, u):
+        """Per-file constants of a quality, computed in Python floats and
+        decimal exp/ln so that every machine gets the same bits: each group's
+        bin widths on the activation grid, and log(width) + log(smallest
+        table scale), the offset of the scale-table index."""
+        from ..entropy import LOG_SCALE_MIN
+        key = (u, self.log_width._version, getattr(self, "log_gain", self.log_width)._version)
+        hit = self._exact_cache.get(("const", key))
+        if hit is not None:
+            return hit
+        lw = [float(v) for v in self.log_width.detach().double().cpu()]
+        widths, offsets = [], []
+        for g in range(self.num_groups):
+            gains = (interp_knots(self.log_gain[:, g].detach().double().cpu().tolist(), u)
+                     if self.cfg.rate_knots else [0.0] * len(lw))
+            wg = [max(round(dexp(a + b) * 2 ** ACT_BITS), 4) / 2 ** ACT_BITS for a, b in zip(lw, gains)]
+            widths.append(wg)
+            offsets.append([dlog(v) + LOG_SCALE_MIN for v in wg])
+        out = (torch.tensor(widths, dtype=torch.float64), torch.tensor(offsets, dtype=torch.float64))
+        self._exact_cache[("const", key)] = out
+        return out
+
+    def bin_width(self, st: TopDownState, coding: bool = False) -> torch.Tensor:
+        """Group st.g's bin width per latent map, broadcastable to a latent map
+        (when coding with exact scales: the width on the grid, as the file uses)."""
+        if coding and self.cfg.exact_scales:
+            return self._coding_constants(st.u)[0][st.g].float().to(st.h.device).view(1, -1, 1, 1)
+        u = st.u
+        if self.cfg.rate_knots and not torch.is_tensor(u):
+            u = torch.full((st.h.shape[0],), float(u), device=st.h.device)
+        return self._log_bin_width(st.g, u).exp()[..., None, None]
+
+    # ---- exact scales: context of decoded symbols -> scale index ----
+    def _context(self, st: TopDownState, dtype) -> torch.Tensor:
+        """|w k| of groups g-1 and g-2 at group g's resolution, and the quality map."""
+        b, _, hs, ws = st.h.shape
+        L = self.cfg.latent
+        maps = []
+        for back in (1, 2):
+            j = st.g - back
+            if j < 0:
+                maps.append(torch.zeros(b, L, hs, ws, dtype=dtype, device=st.h.device))
+                continue
+            d = st.hist[j].to(dtype)
+            f = hs // d.shape[-2]
+            if f > 1:
+                d = d.repeat_interleave(f, -2).repeat_interleave(f, -1)
+            maps.append(d)
+        u = st.u if self.cfg.rate_knots else 0.0
+        if torch.is_tensor(u):
+            umap = u.to(dtype).view(-1, 1, 1, 1).expand(b, 1, hs, ws)
+        else:
+            umap = torch.full((b, 1, hs, ws), round(float(u) * 2 ** ACT_BITS) / 2 ** ACT_BITS,
+                              dtype=dtype, device=st.h.device)
+        return torch.cat(maps + [umap], 1)
+
+    def _exact_net(self, g: int, device):
+        key = ("net", g, str(device), tuple(p._version for p in self.scale_nets[g - 1].parameters()))
+        net = self._exact_cache.get(key)
+        if net is None:
+            net = self._exact_cache[key] = self.scale_nets[g - 1].exact().to(device)
+        return net
+
+    def exact_scale_index(self, st: TopDownState) -> torch.Tensor:
+        """The coder's scale-table indices of group st.g (uint8, B x L x H x W),
+        bit-identical on every machine (convcodec.nets.exact)."""
+        from ..entropy import INV_LOG_STEP, NUM_SCALES
+        b, _, hs, ws = st.h.shape
+        offset = self._coding_constants(st.u)[1][st.g].to(st.h.device).view(1, -1, 1, 1)
+        if st.g == 0:
+            ls = to_grid(self.log_sigma0.detach().double(), ACT_BITS + WEIGHT_BITS).to(st.h.device)
+            log_sigma = ls.view(1, -1, 1, 1).expand(b, -1, hs, ws)
+        else:
+            net = self._exact_net(st.g, st.h.device)
+            (log_sigma,) = by_tiles(lambda c: (net(c),), self._context(st, torch.float64), halo=1)
+        return snap_index(log_sigma, offset, INV_LOG_STEP, NUM_SCALES)
+
+    def log_sigma(self, st: TopDownState) -> torch.Tensor:
+        """Float twin of the exact scale path (training): log std, latent units."""
+        b, _, hs, ws = st.h.shape
+        if st.g == 0:
+            return self.log_sigma0.float().view(1, -1, 1, 1).expand(b, -1, hs, ws)
+        with torch.autocast(st.h.device.type, enabled=False):
+            return self.scale_nets[st.g - 1](self._context(st, torch.float32))
 
     def posterior(self, h_b: list[torch.Tensor], st: TopDownState, enc: MergeState):
         g = st.g
@@ -172,12 +313,40 @@ class MatNet(LatentGroups):
         return mu_q, MergeState(hm)
 
     def update(self, st: TopDownState, z: torch.Tensor) -> TopDownState:
+        """Eq. 7: merge the group's latent into h_t."""
         g = st.g
         (h,) = by_tiles(lambda h, z: (self.td[g](h, torch.cat([h, z.to(h.dtype)], 1)).float(),),
                         st.h, z, halo=2)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             h = self.up_t[self._scale_of[g]](h).float()
-        return TopDownState(h, g + 1)
+        return TopDownState(h, g + 1, st.u, st.hist)
+
+    def step(self, st: TopDownState, z: torch.Tensor, k: torch.Tensor | None, coding: bool) -> TopDownState:
+        """update(), keeping |w k| of the group's integer offsets ``k`` (bins;
+        None for a regenerated group: no offsets) for the exact scales of the
+        later groups: exact (float64, width on the grid) when coding."""
+        nxt = self.update(st, z)
+        if not self.cfg.exact_scales:
+            return nxt
+        if k is None:
+            d = torch.zeros_like(z)
+        elif coding:
+            d = self.bin_width(st, True).double() * k.detach().abs().double()
+        else:
+            d = (self.bin_width(st, False) * k.detach().abs()).float()
+        nxt.hist = st.hist + (d,)
+        return nxt
+
+    def prior_of(self, st: TopDownState, coding: bool) -> Prior:
+        if not self.cfg.exact_scales:
+            return super().prior_of(st, coding)
+        mu, _ = self.prior(st)
+        if coding:
+            idx = self.exact_scale_index(st)
+            return Prior(mu, coder_scales(idx), idx.cpu().numpy())
+        log_w = self.bin_width(st, False).log()
+        scale = (self.log_sigma(st).float() - log_w).exp()
+        return Prior(mu, scale, None)
 
     def render(self, st: TopDownState) -> torch.Tensor:
         return run_synthesis(self.g_s, st.h, 2 ** len(self.cfg.analysis))

@@ -1,31 +1,97 @@
-"""The training pass, written once for every backbone.
+"""The one walk over latent groups, for training, encoding, decoding and refinement.
 
-A backbone exposes the group interface the codec drives (begin, init_state,
-prior, posterior, update, render, width, num_groups); this module runs it with
-additive uniform noise in place of rounding, so the rate it measures is the
-rate the range coder spends (see convcodec.codec._walk for the coded loop).
+Every side runs ``walk``: for each group the model gives its prior, a stored
+group's offsets (integers, in bins from the prior mean) are chosen by a
+strategy object, and the decoder state takes the latent ``mu_p + width * k``;
+a group not stored is regenerated from the prior (its mean, or a seeded
+sample). The strategies differ only in how a stored group's offsets are
+chosen:
+
+    Noisy    training: the encoder network's offsets, relaxed with uniform
+             noise for the rate, rounded (straight-through) for the decoder
+    Coded    the codec: a callback that quantizes and codes the encoder's
+             offsets (encoder) or reads them from the file (decoder)
+    Given    refinement: offsets being optimised, rounded straight-through
+
+so training, the encoder, the decoder and refinement cannot drift apart,
+and the exact prior path (convcodec.nets.exact) is written once, in the
+model's ``prior_of``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .layers import gaussian_bits
 
+SYMBOL_MAX = 1023          # offsets are clamped to [-SYMBOL_MAX, SYMBOL_MAX] (the coder's alphabet)
+
+
+@dataclass
+class Prior:
+    """A group's prior as the coder sees it."""
+    mu: torch.Tensor                  # mean, latent units
+    scale: torch.Tensor               # std in bins (differentiable when training; the table's when coding)
+    idx: np.ndarray | None = None     # the coder's scale-table indices (uint8), when coding
+
+
+def coder_scales(idx: torch.Tensor) -> torch.Tensor:
+    """The scale table's entries at ``idx``: the std the range coder uses."""
+    from ..entropy import SCALES
+    return torch.as_tensor(SCALES, dtype=torch.float32, device=idx.device)[idx.long()]
+
+
+def quantize(offsets: torch.Tensor) -> torch.Tensor:
+    """Offsets in bins -> the integers the coder stores."""
+    return torch.round(offsets).clamp_(-SYMBOL_MAX, SYMBOL_MAX)
+
+
+def straight_through(offsets: torch.Tensor) -> torch.Tensor:
+    """The stored integers on the forward pass, the identity's gradient."""
+    return offsets + (quantize(offsets.detach()) - offsets).detach()
+
 
 class LatentGroups(nn.Module):
     """What every backbone shares: a posterior width per latent map (the
     learned constant that fixes the quantization grid; subclasses create
-    ``self.log_width``) and the training pass. Subclasses provide the group
-    interface: begin, init_state, prior, posterior, update, render, num_groups."""
+    ``self.log_width``), the coder's view of a float prior, and the training
+    pass. Subclasses provide the group interface: begin, init_state, prior,
+    posterior, update, render, num_groups; a backbone with its own entropy
+    model (exact scales, variable rate) overrides prior_of, bin_width, step."""
 
     def width(self) -> torch.Tensor:
         """Posterior width (bin size) per latent map, shaped for broadcasting."""
         return self.log_width.float().exp().view(1, -1, 1, 1)
 
-    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True):
-        """Training pass; see noisy_rollout."""
-        return noisy_rollout(self, x01, prefixes, mixed)
+    def bin_width(self, st, coding: bool = False) -> torch.Tensor:
+        return self.width()
+
+    def prior_of(self, st, coding: bool) -> Prior:
+        """The float prior's mean and scale; when coding, the scale snapped
+        to the coder's table from float arithmetic (version-1 files: not
+        portable across machines, see convcodec.nets.exact)."""
+        mu, sigma = self.prior(st)
+        scale = sigma / self.width()
+        if not coding:
+            return Prior(mu, scale)
+        from ..entropy import scale_index
+        return Prior(mu, scale, scale_index(scale.detach().float().cpu().numpy()))
+
+    def step(self, st, z: torch.Tensor, k: torch.Tensor | None, coding: bool):
+        return self.update(st, z)
+
+    def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True, quality=None):
+        """Training pass: ``(bits, recon)``, bits per group and image
+        (T x B) and the reconstructions of the prefixes (see ``walk``)."""
+        ctx = self.begin(x01)
+        st, enc = self.init_state(x01.shape[0], x01.shape[-2], x01.shape[-1], x01.device, quality=quality)
+        noisy = Noisy(self, ctx, enc, mixed)
+        recon = walk(self, st, noisy, self.num_groups, prefixes=prefixes)
+        return torch.stack(noisy.bits), recon
 
 
 def lambda_t(first: float, last: float, t: int, T: int) -> float:
@@ -34,45 +100,97 @@ def lambda_t(first: float, last: float, t: int, T: int) -> float:
     return first * (last / first) ** ((t - 1) / max(1, T - 1))
 
 
-def prior_mean_fill(model, st, start: int):
+class Noisy:
+    """Training: the encoder network's offsets. The rate is that of the noisy
+    offset (uniform noise of one bin: its expected cost is the coded rate's
+    smooth relaxation). With ``mixed`` (Minnen & Singh 2020) the decoder is
+    fed the *rounded* offset, exactly what it gets from a file, with a
+    straight-through gradient; otherwise the noisy one."""
+
+    def __init__(self, model, ctx, enc, mixed: bool = True):
+        self.model, self.ctx, self.enc, self.mixed = model, ctx, enc, mixed
+        self.bits: list[torch.Tensor] = []          # per group: bits per image (B)
+
+    def __call__(self, g, st, prior: Prior, w) -> torch.Tensor:
+        mu_q, self.enc = self.model.posterior(self.ctx, st, self.enc)
+        offset = (mu_q - prior.mu) / w
+        noisy = offset + torch.rand_like(offset) - 0.5
+        self.bits.append(gaussian_bits(noisy, prior.scale).flatten(1).sum(1))
+        return straight_through(offset) if self.mixed else noisy
+
+
+class Coded:
+    """The codec: ``take(g, st, prior, w)`` returns stored group g's integer
+    offsets (int32 numpy, batch first): the encoder quantizes and codes
+    them, the decoder reads them from the file."""
+
+    def __init__(self, take: Callable):
+        self.take = take
+
+    def __call__(self, g, st, prior: Prior, w) -> torch.Tensor:
+        k = self.take(g, st, prior, w)
+        return torch.from_numpy(k).to(device=prior.mu.device, dtype=prior.mu.dtype)
+
+
+class Given:
+    """Refinement: offsets being optimised (one float tensor per stored
+    group), rounded on the forward pass with a straight-through gradient;
+    ``bits`` collects the cost of those integers under the coder's scales."""
+
+    def __init__(self, offsets: list[torch.Tensor]):
+        self.offsets = offsets
+        self.bits: list[torch.Tensor] = []
+
+    def __call__(self, g, st, prior: Prior, w) -> torch.Tensor:
+        k = straight_through(self.offsets[g])
+        self.bits.append(gaussian_bits(k, prior.scale).sum())
+        return k
+
+
+def walk(model, st, choose, stored: int, *, coding: bool = False, temperature: float = 0.0,
+         gens=None, prefixes=(), render: bool = True):
+    """The loop every side shares. Groups 0..stored-1 take the offsets
+    ``choose`` gives; the rest are regenerated from the prior (the mean, or
+    with ``temperature`` > 0 a sample drawn with ``gens[b]`` for image b).
+    ``coding``: the coder's view of the prior (scale-table indices; exact
+    for a backbone with exact scales). Returns the reconstruction in [0, 1]
+    at the padded size, or, with ``prefixes``, a dict t -> reconstruction of
+    the first t groups with the rest from the prior mean (and the full one
+    at T). ``render=False`` stops after the last stored group and returns
+    None (nothing after it changes a file)."""
+    T = model.num_groups
+    recon = {}
+    for g in range(T if render else stored):
+        k = None
+        if g < stored:
+            prior = model.prior_of(st, coding)
+            w = model.bin_width(st, coding)
+            k = choose(g, st, prior, w)
+            z = prior.mu + w * k
+        elif temperature > 0:
+            prior = model.prior_of(st, False)
+            w = model.bin_width(st, coding)
+            eps = torch.stack([torch.randn(prior.mu.shape[1:], generator=gn) for gn in gens]).to(prior.mu.device)
+            z = prior.mu + temperature * w * prior.scale * eps
+        else:
+            z, _ = model.prior(st)
+        if render or g + 1 < stored:
+            st = model.step(st, z, k, coding)
+        if g + 1 in prefixes and g + 1 < T:
+            recon[g + 1] = model.render(prior_mean_fill(model, st, g + 1, coding))
+    if not render:
+        return None
+    out = model.render(st)
+    if prefixes:
+        recon[T] = out
+        return recon
+    return out
+
+
+def prior_mean_fill(model, st, start: int, coding: bool = False):
     """Regenerate groups start..T-1 from the prior mean: what the decoder does
     (at temperature 0) for a file that stores only the first ``start`` groups."""
     for _ in range(start, model.num_groups):
-        mu_p, _ = model.prior(st)
-        st = model.update(st, mu_p)
+        mu, _ = model.prior(st)
+        st = model.step(st, mu, None, coding)
     return st
-
-
-def noisy_rollout(model, x01: torch.Tensor, prefixes=(), mixed: bool = True):
-    """Training pass with the coder's quantization relaxed.
-
-    The rate is that of the noisy offset (uniform noise of one bin: its
-    expected cost is the coded rate's smooth relaxation). With ``mixed``
-    (Minnen & Singh 2020) the decoder is fed the *rounded* offset, exactly
-    what it gets from a file, with a straight-through gradient; otherwise
-    the noisy one. Mixed removes the train/test mismatch of the decoder: a
-    group that carries nothing adds no noise to the picture.
-
-    Returns ``(bits, recon)``: bits per group (a [T] tensor, summed over the
-    batch) and ``recon[t]`` = the reconstruction from the first t groups with
-    the rest regenerated from the prior mean, for each t in ``prefixes``;
-    ``recon[T]`` (all groups) is always present.
-    """
-    b, _, hgt, wid = x01.shape
-    T = model.num_groups
-    ctx = model.begin(x01)
-    st, enc = model.init_state(b, hgt, wid, x01.device)
-    w = model.width()
-    bits, recon = [], {}
-    for t in range(1, T + 1):
-        mu_p, sigma_p = model.prior(st)
-        mu_q, enc = model.posterior(ctx, st, enc)
-        offset = (mu_q - mu_p) / w
-        noisy = offset + torch.rand_like(offset) - 0.5
-        bits.append(gaussian_bits(noisy, sigma_p / w).sum())
-        shown = offset + (torch.round(offset) - offset).detach() if mixed else noisy
-        st = model.update(st, mu_p + w * shown)
-        if t < T and t in prefixes:
-            recon[t] = model.render(prior_mean_fill(model, st, t))
-    recon[T] = model.render(st)
-    return torch.stack(bits), recon

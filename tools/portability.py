@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Do .cdr files decode the same on other machines? Encode here, decode in
+fresh processes that compute like other machines, compare.
+
+Each image is encoded once with all groups (a file cut to t groups is byte
+for byte that file's prefix, so the prefixes need no encoding of their own),
+then decoded at every number of groups t by a fresh process on each
+simulated machine:
+
+    native   this machine, default threads
+    avx2     ONEDNN_MAX_CPU_ISA=AVX2 (the instruction set of most laptops)
+    sse41    ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default (no vector kernels)
+    1thread  OMP_NUM_THREADS=1 (other summation orders)
+
+A decode that goes out of step with the encoder fails the file's symbol
+CRCs (DesyncError), so "decoded" means every symbol identical. Pixels are
+compared to the native decode: identical, or how many values differ and by
+how much (the reconstruction path g_s stays float by design).
+
+    python tools/portability.py --model matnet-vr --images ../shared/data/kodak --json results/portability.json
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+MACHINES = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
+    "1thread": {"OMP_NUM_THREADS": "1"},
+}
+
+
+def worker(files: list[str], out: str, device: str, model: str | None):
+    """Decode every file at every number of groups; save the pixels (npz)."""
+    import numpy as np
+    import torch
+    from convcodec import codec
+    from convcodec.container import unpack
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        torch.set_num_threads(1)
+    pics, errors = {}, {}
+    for f in files:
+        with open(f, "rb") as fh:
+            cdr = unpack(fh.read())
+        for t in range(1, len(cdr.chunks) + 1):
+            key = f"{os.path.basename(f)}|{t}"
+            try:
+                pics[key] = codec.decode(cdr, model=model, steps=t, device=device)
+            except Exception as e:         # recorded, compared by the parent
+                errors[key] = f"{type(e).__name__}: {e}"
+    np.savez(out, **{k: v for k, v in pics.items()})
+    with open(out + ".errors.json", "w") as fh:
+        json.dump(errors, fh)
+
+
+def run_machine(name: str, files: list[str], tmp: str, model: str | None, device: str = "cpu"):
+    env = {**os.environ, **MACHINES[name]}
+    out = os.path.join(tmp, f"{name}.npz")
+    t0 = time.time()
+    cmd = [sys.executable, __file__, "--worker", out, "--device", device, *files]
+    if model:
+        cmd[2:2] = ["--model", model]
+    subprocess.run(cmd, env=env, check=True)
+    import numpy as np
+    with np.load(out) as z:
+        pics = {k: z[k] for k in z.files}
+    with open(out + ".errors.json") as fh:
+        errors = json.load(fh)
+    return pics, errors, time.time() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--images", default="../shared/data/kodak")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--quality", type=int, default=None, help="variable-rate models: the quality (default: the codec's)")
+    ap.add_argument("--machines", default="avx2,sse41,1thread")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        return worker(a.files, a.worker, a.device, a.model)
+
+    import numpy as np
+    from convcodec import codec
+    from convcodec.image import load_image
+    from convcodec.zoo import load_model
+    imgs = sorted(os.path.join(a.images, f) for f in os.listdir(a.images) if f.lower().endswith(".png"))
+    imgs = imgs[:a.limit] if a.limit else imgs
+    net, info = load_model(a.model)
+    tmp = tempfile.mkdtemp(prefix="portability-")
+    files = []
+    for p in imgs:
+        enc = codec.encode(load_image(p), model=a.model, device="cpu",
+                           quality=a.quality if codec.is_variable_rate(net) else None)
+        f = os.path.join(tmp, os.path.splitext(os.path.basename(p))[0] + ".cdr")
+        with open(f, "wb") as fh:
+            fh.write(enc.data)
+        files.append(f)
+    version = enc.cdr.header.version
+    ref, ref_err, ref_s = run_machine("native", files, tmp, a.model)
+    rows = []
+    print(f"model {info['name']} (container version {version}), {len(files)} images, "
+          f"{len(ref) + len(ref_err)} decodes per machine; native decode failed on {len(ref_err)}")
+    print(f"{'machine':8} {'decoded':>9} {'failed':>7} {'pixels identical':>17} {'values differing':>17} {'max diff':>9}")
+    for m in a.machines.split(","):
+        pics, errors, secs = run_machine(m, files, tmp, a.model)
+        same = differ = 0
+        ndiff, maxdiff = 0, 0
+        for k, v in pics.items():
+            if k not in ref:
+                continue
+            d = np.abs(v.astype(np.int16) - ref[k].astype(np.int16))
+            if d.any():
+                differ += 1
+                ndiff += int((d > 0).sum())
+                maxdiff = max(maxdiff, int(d.max()))
+            else:
+                same += 1
+        row = {"machine": m, "env": MACHINES[m], "decoded": len(pics), "failed": len(errors),
+               "pixels_identical": same, "pixels_differ": differ, "values_differing": ndiff,
+               "max_abs_diff": maxdiff, "seconds": round(secs, 1), "errors": errors}
+        rows.append(row)
+        print(f"{m:8} {len(pics):9d} {len(errors):7d} {same:11d} of {len(pics):<4d} {ndiff:17d} {maxdiff:9d}")
+    res = {"model": info["name"], "sha256": info["sha256"], "version": version, "images": len(files),
+           "native_failed": len(ref_err), "machines": rows,
+           "digest": hashlib.sha256(b"".join(open(f, "rb").read() for f in files)).hexdigest()}
+    if a.json:
+        os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()
