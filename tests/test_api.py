@@ -130,4 +130,6 @@ def test_superseded_models_still_decode_but_are_not_tried(img, monkeypatch, tmp_
     budget = len(old_file) + 10_000
     assert api.encode_to_budget(img, None, None, budget) == api.encode_to_budget(img, "new", None, budget)
     out = CliRunner().invoke(main, ["models"]).output
+    assert "old" not in out.split("\n(")[0] and "1 superseded models not shown" in out
+    out = CliRunner().invoke(main, ["models", "--all"]).output
     assert "old (superseded by new; kept so that its files decode)" in out

@@ -196,11 +196,14 @@ def test_version_help_and_models():
     assert __version__ in run("--version").output
     h = run("compress", "--help").output
     assert "Examples:" in h and "--max-bytes" in h and "Exit codes" in h
-    from convcodec.zoo import DEFAULT_MODEL, list_models
+    from convcodec.zoo import DEFAULT_MODEL, current_models, list_models
     r = run("models")
     assert r.exit_code == 0 and f"{DEFAULT_MODEL} (default" in r.output
+    lines = [ln for ln in r.output.strip().splitlines() if not ln.startswith("(")]
+    assert len(lines) == len(current_models())
+    assert all(" bpp, " in line and "dB on Kodak" in line for line in lines)
+    r = run("models", "--all")
     assert len(r.output.strip().splitlines()) == len(list_models())
-    assert all(" bpp, " in line and "dB on Kodak" in line for line in r.output.strip().splitlines())
 
 
 def test_outputs_get_normal_permissions(tmp_path, png, tiny_model):

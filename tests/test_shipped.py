@@ -24,8 +24,9 @@ def test_default_model_is_installed_and_matches_its_card():
     net, info = zoo.load_model()
     card = info["card"]
     assert card["sha256"] == info["sha256"]
-    assert card["config"]["steps"] == net.num_groups >= 8
+    assert card["config"] == net.cfg.to_dict() and net.num_groups >= 8
     assert card["training"]["iterations"] > 0
+    assert codec.is_portable(net) and codec.is_variable_rate(net)
 
 
 def test_default_model_codes_a_photo_crop(crop):

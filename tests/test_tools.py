@@ -25,11 +25,22 @@ def _tool(name):
 
 
 def test_jpeg_and_jpeg2000_rows_match_plain_pillow():
+    """The anchors as their users run them: compare's JPEG2000 row is an
+    independent Pillow encode with the colour transform (mct=1, as
+    opj_compress does for RGB), and differs from the labelled no-MCT curve."""
     compare = _tool("compare")
     rgb = smooth_image(64, 96, seed=5)
-    for fmt, params in (("JPEG", {"quality": 50, "subsampling": 2}),
-                        ("JPEG2000", {"quality_mode": "rates", "quality_layers": [48.0], "irreversible": True})):
-        n, dec, _, _ = pillow_roundtrip(rgb, fmt, **params)
+    settings = compare.classical_settings()
+    j2k = dict(settings["JPEG2000"][1])["0.5bpp"]
+    assert j2k["mct"] == 1 and j2k["irreversible"] is True
+    assert dict(settings["JPEG2000 (no MCT)"][1])["0.5bpp"]["mct"] == 0
+    independent_j2k = {"quality_mode": "rates", "quality_layers": [48.0], "irreversible": True, "mct": 1}
+    n_mct, _, _, _ = compare.roundtrip(rgb, "JPEG2000", **j2k)
+    n_plain, dec_plain, _, _ = compare.roundtrip(rgb, "JPEG2000", **dict(settings["JPEG2000 (no MCT)"][1])["0.5bpp"])
+    n_again, dec_again, _, _ = compare.roundtrip(rgb, "JPEG2000", **j2k)
+    assert not np.array_equal(dec_plain, dec_again)          # the colour transform is really applied
+    for fmt, params in (("JPEG", {"quality": 50, "subsampling": 2}), ("JPEG2000", independent_j2k)):
+        n, dec, _, _ = compare.roundtrip(rgb, fmt, **(j2k if fmt == "JPEG2000" else params))
         r = compare.row(fmt, "x", "img", rgb, n, dec, 0, 0)
         buf = io.BytesIO()                                   # independent measurement
         Image.fromarray(rgb).save(buf, format=fmt, **params)
@@ -40,7 +51,20 @@ def test_jpeg_and_jpeg2000_rows_match_plain_pillow():
         assert r["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / mse))
 
 
-def test_small_run_writes_everything(tmp_path, tiny_model, monkeypatch):
+def test_jpeg_xl_row_is_libjxl_at_effort_7():
+    compare = _tool("compare")
+    imagecodecs = pytest.importorskip("imagecodecs")
+    if not imagecodecs.JPEGXL.available:
+        pytest.skip("imagecodecs without JPEG XL")
+    rgb = smooth_image(64, 96, seed=6)
+    params = dict(compare.classical_settings()["JPEG XL"][1])["d2.0"]
+    assert params == {"distance": 2.0, "effort": 7}
+    n, dec, _, _ = compare.roundtrip(rgb, "JPEGXL", **params)
+    ref = imagecodecs.jpegxl_encode(rgb, distance=2.0, effort=7)
+    assert n == len(ref) and np.array_equal(dec, imagecodecs.jpegxl_decode(ref))
+
+
+def test_small_run_writes_everything(tmp_path, tiny_model, tiny_vr, monkeypatch):
     compare = _tool("compare")
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -48,15 +72,18 @@ def test_small_run_writes_everything(tmp_path, tiny_model, monkeypatch):
         Image.fromarray(smooth_image(176, 184, seed=i)).save(imgs / f"kodim0{i + 1}.png")
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["compare.py", "--images", str(imgs), "--out", str(out),
-                                      "--models", tiny_model])
+                                      "--models", f"{tiny_vr},{tiny_model}"])
     compare.main()
     for f in ("results.json", "results.csv", "summary.md", "rd_psnr.png", "rd_msssim.png",
               "bits_per_group.png", "figure4.png"):
         assert (out / f).stat().st_size > 0, f
     res = json.loads((out / "results.json").read_text())
-    assert {"JPEG", "JPEG 4:4:4", "JPEG2000", "WebP", "AVIF"} <= set(res["codecs"])
-    conv = [k for k in res["codecs"] if k.startswith("convcodec")]
-    assert len(conv) == 2                                    # T=0 and T=1
+    assert {"JPEG", "JPEG 4:4:4", "JPEG2000", "JPEG2000 (no MCT)", "WebP", "AVIF"} <= set(res["codecs"])
+    conv = {k for k in res["codecs"] if k.startswith("convcodec") and "envelope" not in k}
+    assert conv == {f"convcodec {tiny_vr}", f"convcodec {tiny_vr} (q75 prefixes)",
+                    f"convcodec {tiny_vr} T=1 (q75 prefixes)", f"convcodec {tiny_model}"}
+    sweep = res["codecs"][f"convcodec {tiny_vr}"]            # the quality sweep, all groups
+    assert {p["setting"] for p in sweep} == {f"q{q}" for q in compare.QUALITIES if q != 75} | {"q75 steps 5"}
     for pts in res["codecs"].values():
         for p in pts:
             assert {"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"} <= set(p)
@@ -74,7 +101,10 @@ def test_bench_prints_and_writes_its_figures(tmp_path, tiny_model, monkeypatch, 
     bench.main()
     text = capsys.readouterr().out
     assert "| cpu | 1 | 4 |" in text and "batch 8" in text and "JPEG2000" in text
-    run = json.loads(out.read_text())["runs"][0]
+    assert "convcodec decompress (one Kodak file to PNG)" in text and "import torch" in text
+    res = json.loads(out.read_text())
+    assert all(v > 0 for v in res["whole_process_s"].values())
+    run = res["runs"][0]
     assert set(run["steps"]) == {"1", "4"}                  # 1, 4, 8 and all, capped at 4 groups
     v = run["steps"]["4"]
     assert v["decode_s"] == pytest.approx(v["decode_network_s"] + v["decode_entropy_s"], abs=2e-4)
