@@ -269,9 +269,12 @@ def compress(inputs, output, quality, steps, max_bytes, bpp, model, refine, devi
               help="Seed of the sample when --temperature > 0.")
 @click.option("--model", default=None, help="Decode with this model (name or path) instead of the file's.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "numpy", "torch"]), default="auto", show_default=True,
+              help="Decoder: 'auto' decodes portable files on the CPU at temperature 0 with numpy alone "
+              "(no torch import: a quicker start) and everything else with torch.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @_errors
-def decompress(inputs, output, fmt, steps, temperature, seed, model, device, quiet):
+def decompress(inputs, output, fmt, steps, temperature, seed, model, device, engine, quiet):
     """Decompress .cdr files to images (PNG, BMP, TIFF, PPM, ...)."""
     from PIL import Image
     ext = "." + (fmt or "png").lower()
@@ -299,9 +302,16 @@ def decompress(inputs, output, fmt, steps, temperature, seed, model, device, qui
         if src != "-":
             check_not_input(dst, [src])
         cdr = unpack(_read(src))
-        from . import codec
+        from . import npdecode
         from .image import save_image
-        rgb = codec.decode(cdr, model=model, steps=steps, temperature=temperature, seed=seed, device=device)
+        if engine == "numpy" or (engine == "auto" and npdecode.can_decode(cdr, model, temperature, device)):
+            if not npdecode.can_decode(cdr, model, temperature, "cpu"):
+                raise Failure("--engine numpy decodes only portable (version-2) files of MatNet models "
+                              f"at temperature 0, up to {npdecode.MAX_PIXELS // 1_000_000} MP")
+            rgb = npdecode.decode(cdr, model=model, steps=steps)
+        else:
+            from . import codec
+            rgb = codec.decode(cdr, model=model, steps=steps, temperature=temperature, seed=seed, device=device)
         _write(dst, [src], lambda fp: save_image(rgb, fp, f))
         if not quiet and single:
             used = len(cdr.chunks) if steps is None else min(steps, len(cdr.chunks))

@@ -19,14 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from . import entropy
+from .entropy import DesyncError, read_group as _read_group
 from .container import CdrFile, ContainerError, Header, overhead_bytes, pack, unpack
 from .nets.layers import gaussian_bits
 from .nets.rollout import Coded, quantize, walk
 from .zoo import ModelError, load_model
-
-
-class DesyncError(Exception):
-    """The decoder's model produced different probabilities than the encoder's."""
 
 
 @dataclass
@@ -178,6 +175,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
 
 def model_for(cdr: CdrFile, model: str | None = None):
     """Load the model a file was made with (or ``model``) and check its identity."""
+    from .zoo import check_identity
     name = model or cdr.header.model_name
     try:
         net, info = load_model(name)
@@ -186,34 +184,8 @@ def model_for(cdr: CdrFile, model: str | None = None):
             raise ModelError(f"file was made by model {cdr.header.model_name!r}, "
                              f"which is not installed ({e})") from None
         raise
-    if _digest8(info) != cdr.header.model_digest:
-        raise ModelError(f"file was made by model {cdr.header.model_name!r} "
-                         f"(weights {cdr.header.model_digest.hex()}), but the model loaded is "
-                         f"{info['name']!r} (weights {_digest8(info).hex()}): cannot decode with a different model")
-    if net.num_groups != cdr.header.groups_total:
-        raise ContainerError("corrupted .cdr header (group count does not match the model)")
+    check_identity(cdr.header, info, net.num_groups)
     return net, info
-
-
-def _read_group(cdr: CdrFile, g: int, idx: np.ndarray) -> np.ndarray:
-    """Group g's integer offsets, decoded and checked against their CRC."""
-    # The container's CRC-32 already vouched for these bytes, so a chunk
-    # that does not decode, or decodes to other symbols, means the model
-    # here computed other probabilities than the encoder's did (a
-    # different machine or build), unless the file was altered and its
-    # checksums recomputed. Both are reported as what they are.
-    try:
-        k = entropy.decode(cdr.chunks[g], idx, _table(cdr.header.version))
-    except entropy.StreamError as e:
-        raise DesyncError(f"group {g + 1} cannot be decoded although the file's checksum is intact "
-                          f"({e}): decoding went out of step with the encoder (this machine "
-                          "computes the model's probabilities differently from the one that "
-                          "wrote the file), or the file was altered") from None
-    if entropy.symbol_crc(k) != cdr.symbol_crcs[g]:
-        raise DesyncError(f"group {g + 1} decoded out of step with the encoder: the model here "
-                          "computes different probabilities than the one that wrote the file, "
-                          "or the file was altered")
-    return k
 
 
 def _decode_batch(net, cdrs: list[CdrFile], stored: int, temperature: float, seeds, dev) -> list[np.ndarray]:

@@ -17,7 +17,9 @@ import zlib
 import numpy as np
 
 from .nets.exact import dexp, dlog
-from .nets.layers import SCALE_MAX, SCALE_MIN
+
+SCALE_MIN = 0.11           # the scale table's range, in quantization bins
+SCALE_MAX = 64.0
 
 NUM_SCALES = 64
 SYMBOL_MAX = 1023          # offsets are clamped to [-SYMBOL_MAX, SYMBOL_MAX]
@@ -83,3 +85,30 @@ def decode(data: bytes, idx: np.ndarray, table: np.ndarray = SCALES) -> np.ndarr
 def symbol_crc(symbols: np.ndarray) -> int:
     """CRC-32 of the symbols as little-endian int32: what the decoder must reproduce."""
     return zlib.crc32(np.ascontiguousarray(symbols, dtype="<i4").tobytes()) & 0xFFFFFFFF
+
+
+class DesyncError(Exception):
+    """The decoder's model produced different probabilities than the encoder's."""
+
+
+def read_group(cdr, g: int, idx: np.ndarray) -> np.ndarray:
+    """Group g's integer offsets from a .cdr file, decoded with scale-table
+    indices ``idx`` and checked against the group's symbol CRC."""
+    # The container's CRC-32 already vouched for these bytes, so a chunk
+    # that does not decode, or decodes to other symbols, means the model
+    # here computed other probabilities than the encoder's did (a
+    # different machine or build), unless the file was altered and its
+    # checksums recomputed. Both are reported as what they are.
+    table = SCALES if cdr.header.version >= 2 else SCALES_V1
+    try:
+        k = decode(cdr.chunks[g], idx, table)
+    except StreamError as e:
+        raise DesyncError(f"group {g + 1} cannot be decoded although the file's checksum is intact "
+                          f"({e}): decoding went out of step with the encoder (this machine "
+                          "computes the model's probabilities differently from the one that "
+                          "wrote the file), or the file was altered") from None
+    if symbol_crc(k) != cdr.symbol_crcs[g]:
+        raise DesyncError(f"group {g + 1} decoded out of step with the encoder: the model here "
+                          "computes different probabilities than the one that wrote the file, "
+                          "or the file was altered")
+    return k

@@ -124,11 +124,9 @@ def read_card(weights: Path) -> dict:
         return json.load(f)
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, mtime: float):
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-    weights = Path(path)
+def _read_weights(weights: Path):
+    """(bytes, sha256, card, metadata) of a weights file, checked against its
+    card; no torch."""
     card = read_card(weights)
     # Read the file once: the digest, the header's metadata and the tensors
     # all come from the same bytes (so they are also the bytes the card vouched for).
@@ -137,10 +135,23 @@ def _load(path: str, mtime: float):
     if card.get("sha256") != digest:
         raise ModelError(f"model weights {weights.name} do not match their card (sha256 differs)")
     try:
-        state = load(data)
         (n,) = struct.unpack_from("<Q", data, 0)        # safetensors: u64 header length, JSON header
         meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, struct.error) as e:
+        json.loads(meta["config"])
+    except (ValueError, KeyError, struct.error) as e:
+        raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
+    return data, digest, card, meta
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, mtime: float):
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    weights = Path(path)
+    data, digest, card, meta = _read_weights(weights)
+    try:
+        state = load(data)
+    except SafetensorError as e:
         raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
     cfg = config_from_dict(json.loads(meta["config"]))
     model = build_model(cfg)
@@ -150,6 +161,38 @@ def _load(path: str, mtime: float):
         p.requires_grad_(False)
     name = meta.get("name", weights.stem)
     return model, {"name": name, "sha256": digest, "card": card}
+
+
+@lru_cache(maxsize=8)
+def _load_arrays(path: str, mtime: float):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+    weights = Path(path)
+    data, digest, card, meta = _read_weights(weights)
+    try:
+        state = load(data)
+    except SafetensorError as e:
+        raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
+    return state, json.loads(meta["config"]), {"name": meta.get("name", weights.stem), "sha256": digest, "card": card}
+
+
+def load_arrays(name_or_path: str | None = None):
+    """``(state, config dict, info)`` with the weights as numpy arrays, for
+    the torch-free decoder (convcodec.npdecode); checked like load_model."""
+    p = resolve(name_or_path)
+    return _load_arrays(str(p.resolve()), p.stat().st_mtime)
+
+
+def check_identity(header, info: dict, num_groups: int):
+    """Refuse to decode a file with weights other than those it was made with."""
+    from .container import ContainerError
+    digest8 = bytes.fromhex(info["sha256"])[:8]
+    if digest8 != header.model_digest:
+        raise ModelError(f"file was made by model {header.model_name!r} "
+                         f"(weights {header.model_digest.hex()}), but the model loaded is "
+                         f"{info['name']!r} (weights {digest8.hex()}): cannot decode with a different model")
+    if num_groups != header.groups_total:
+        raise ContainerError("corrupted .cdr header (group count does not match the model)")
 
 
 def load_model(name_or_path: str | None = None):

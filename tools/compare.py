@@ -187,6 +187,10 @@ def main():
     ap.add_argument("--no-temperature-1", action="store_true",
                     help="skip the T=1 decodes (made for the first model only, the default model when it is in the list: they feed Figure 4)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--card-models", default="",
+                    help="comma-separated models (or 'superseded') added from their cards' Kodak tables "
+                         "(tools/evaluate.py on these 24 images: same bits and pixels, decoding is deterministic) "
+                         "instead of being run again; only with the full Kodak set")
     a = ap.parse_args()
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
     if not paths:
@@ -245,6 +249,10 @@ def main():
     bar.close()
     wall = time.time() - t_start
     agg = aggregate(rows)
+    cards = card_curves(a.card_models, len(images))
+    agg.update(cards)
+    if len(cards) > 1:
+        agg["convcodec (envelope of the card models)"] = envelope(agg, list(cards))
     agg.update(envelopes(agg, {m: load_model(m)[0].cfg.backbone for m in models}))
     bd = bd_table(agg)
     res = {"images": list(images), "wall_s": round(wall, 1), "codecs": agg, "bd_rate": bd,
@@ -268,6 +276,28 @@ def main():
     print(summary)
     if not a.no_plots:
         plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models)
+
+
+def card_curves(names: str, n_images: int) -> dict:
+    """PSNR curves of models from their cards (mean bpp and PSNR per number
+    of groups, measured by tools/evaluate.py on the 24 Kodak images)."""
+    from convcodec.zoo import current_models, installed_cards
+    if not names:
+        return {}
+    cards = installed_cards()
+    if names == "superseded":
+        names = ",".join(n for n in cards if n not in current_models(cards))
+    out = {}
+    for n in names.split(","):
+        k = cards[n].get("kodak") or {}
+        if k.get("images") != n_images or not k.get("rd"):
+            print(f"note: {n}'s card has no table for {n_images} images; left out", file=sys.stderr)
+            continue
+        out[f"convcodec {n} (card)"] = [{"setting": f"steps {r['steps']}", "bpp": r["bpp"], "psnr": r["psnr"],
+                                         "ms_ssim": None, "encode_s": k.get("encode_s_median", 0.0),
+                                         "decode_s": k.get("decode_s_median", 0.0), "images": n_images}
+                                        for r in k["rd"]]
+    return out
 
 
 def psnr_at(pts, b):

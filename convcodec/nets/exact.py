@@ -11,10 +11,10 @@ same bits:
   mean, times the bin width; never a float state of the network).
 * Weights and activations are fixed-point: activations are multiples of
   2^-ACT_BITS, weights multiples of 2^-WEIGHT_BITS, biases multiples of the
-  product grid. Convolutions run in float64 as unfold + matrix product, so
+  product grid. Convolutions run in float64 as sums of matrix products, so
   every partial sum is an integer multiple of 2^-(ACT_BITS+WEIGHT_BITS) far
-  below 2^53 of them: exact whatever the order of summation (checked per layer
-  on load, with activations clamped to +-ACT_MAX).
+  below 2^53 of them: exact whatever the order of summation (checked per
+  layer on load, with activations clamped to +-ACT_MAX).
 * Elementwise steps are single IEEE operations (correctly rounded everywhere):
   ReLU, rounding back to the activation grid (a multiply by a power of two,
   a round-half-even, a divide by it), and the final (v - c) * inv_step.
@@ -22,23 +22,24 @@ same bits:
   computed once in Python with ``decimal`` (correctly rounded exp/ln), never
   with the platform's libm.
 
-Training runs the same network in float32 (``ScaleNet.forward``); at this
-grid (2^-12 activations, 2^-14 weights) the fixed-point network differs from
-the float one by ~1e-4 in log-scale, far below the 0.1 step of the scale table.
+This module is numpy only: the torch codec and the torch-free decoder
+(convcodec.npdecode) run this one implementation, on the CPU whatever the
+device of the rest. Training runs the float twin (``nets.matnet.ScaleNet``);
+at this grid (2^-12 activations, 2^-14 weights) the fixed-point network
+differs from it by ~1e-4 in log-scale, far below the 0.1 step of the table.
 """
 from __future__ import annotations
 
 import decimal
 import math
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+import numpy as np
 
 ACT_BITS = 12                  # activations on a 2^-12 grid
 WEIGHT_BITS = 14               # weights on a 2^-14 grid
 ACT_MAX = float(2 ** 15)       # activations are clamped to +-ACT_MAX
 _SUM_LIMIT = 2.0 ** (53 - ACT_BITS - WEIGHT_BITS)   # |partial sums| below this are exact
+MIN_WIDTH_STEPS = 4            # a bin width is at least 4 grid steps (2^-10)
 
 _CTX = decimal.Context(prec=40)
 
@@ -53,98 +54,17 @@ def dlog(x: float) -> float:
     return float(_CTX.ln(decimal.Decimal(x)))
 
 
-def to_grid(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round to the nearest multiple of 2^-bits (exact IEEE steps, half to even)."""
+def to_grid(x, bits: int):
+    """Round to the nearest multiple of 2^-bits (exact IEEE steps, half to
+    even); numpy arrays and torch tensors alike."""
     s = float(2 ** bits)
-    return torch.round(x * s) / s
+    if isinstance(x, float):
+        return round(x * s) / s
+    return (x * s).round() / s
 
 
-def act_grid(x: torch.Tensor) -> torch.Tensor:
-    return to_grid(x, ACT_BITS).clamp_(-ACT_MAX, ACT_MAX)
-
-
-class ExactConv:
-    """A trained Conv2d in fixed point: weights on the 2^-WEIGHT_BITS grid,
-    evaluated in float64 as unfold + matmul (a plain sum of products on every
-    device, so exact). Refuses weights whose worst-case sum could leave the
-    exactly representable range."""
-
-    def __init__(self, conv: nn.Conv2d):
-        assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-        k = conv.kernel_size[0]
-        assert conv.kernel_size == (k, k) and conv.padding == (k // 2, k // 2)
-        w = to_grid(conv.weight.detach().double(), WEIGHT_BITS)
-        b = to_grid(conv.bias.detach().double(), ACT_BITS + WEIGHT_BITS)
-        worst = float(w.abs().sum(dim=(1, 2, 3)).max()) * ACT_MAX + float(b.abs().max())
-        if worst >= _SUM_LIMIT:
-            raise ValueError(f"weights too large for exact fixed point ({worst:.3g} >= {_SUM_LIMIT:.3g})")
-        self.k, self.out = k, w.shape[0]
-        self.w = w.reshape(self.out, -1)
-        self.b = b.view(-1, 1)
-
-    def to(self, device) -> "ExactConv":
-        self.w, self.b = self.w.to(device), self.b.to(device)
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        bsz, _, h, wd = x.shape
-        cols = x if self.k == 1 else F.unfold(x, self.k, padding=self.k // 2)
-        cols = cols.reshape(bsz, -1, h * wd)
-        return (torch.matmul(self.w, cols) + self.b).view(bsz, self.out, h, wd)
-
-
-class ScaleNet(nn.Module):
-    """The prior scale of one latent group from integer context only.
-
-    Input: ``ctx`` (B x C_in x H x W), the magnitudes |w k| of earlier
-    groups' decoded offsets (in latent units) brought to this group's
-    resolution, and the file's quality as one constant map. Output: log of
-    the prior's standard deviation in latent units, per latent map.
-    3x3 conv, ReLU, 1x1, ReLU, 1x1: cheap enough to run in float64."""
-
-    def __init__(self, in_ch: int, hidden: int, out_ch: int, init_log_sigma: float = 0.0):
-        super().__init__()
-        self.c1 = nn.Conv2d(in_ch, hidden, 3, padding=1)
-        self.c2 = nn.Conv2d(hidden, hidden, 1)
-        self.c3 = nn.Conv2d(hidden, out_ch, 1)
-        # Start as a constant scale (a factorized prior), learn the context from there.
-        nn.init.zeros_(self.c3.weight)
-        nn.init.constant_(self.c3.bias, init_log_sigma)
-
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        return self.c3(F.relu(self.c2(F.relu(self.c1(ctx)))))
-
-    def exact(self) -> "ExactScaleNet":
-        return ExactScaleNet(self)
-
-
-class ExactScaleNet:
-    """ScaleNet in fixed point (see the module docstring); built once per model."""
-
-    def __init__(self, net: ScaleNet):
-        self.convs = [ExactConv(net.c1), ExactConv(net.c2), ExactConv(net.c3)]
-        self.device = torch.device("cpu")
-
-    def to(self, device) -> "ExactScaleNet":
-        device = torch.device(device)
-        if device != self.device:
-            self.convs = [c.to(device) for c in self.convs]
-            self.device = device
-        return self
-
-    def __call__(self, ctx: torch.Tensor) -> torch.Tensor:
-        """ctx on the activation grid (float64) -> log sigma on the product grid (float64)."""
-        a = act_grid(F.relu(self.convs[0](ctx)))
-        a = act_grid(F.relu(self.convs[1](a)))
-        return self.convs[2](a)
-
-
-def snap_index(log_sigma: torch.Tensor, offset: torch.Tensor, inv_step: float, levels: int) -> torch.Tensor:
-    """Scale-table index round((log_sigma - offset) * inv_step), clipped: two
-    correctly rounded IEEE operations and a round, the same on every device.
-    ``offset`` = log(bin width) + log(smallest table scale), per latent map."""
-    v = torch.round((log_sigma - offset) * inv_step)
-    return v.clamp_(0, levels - 1).to(torch.uint8)
+def act_grid(x: np.ndarray) -> np.ndarray:
+    return np.clip(to_grid(x, ACT_BITS), -ACT_MAX, ACT_MAX)
 
 
 def interp_knots(table, u: float) -> list:
@@ -156,3 +76,111 @@ def interp_knots(table, u: float) -> list:
     f = pos - i if k > 1 else 0.0
     lo, hi = table[i], table[min(i + 1, k - 1)]
     return [a * (1.0 - f) + b * f for a, b in zip(lo, hi)]
+
+
+class ExactConv:
+    """A trained Conv2d (stride 1, 'same' padding) in fixed point, evaluated
+    in float64 as one matrix product per kernel tap (a plain sum of
+    products: exact). Refuses weights whose worst-case sum could leave the
+    exactly representable range."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        w = to_grid(np.asarray(weight, dtype=np.float64), WEIGHT_BITS)
+        b = to_grid(np.asarray(bias, dtype=np.float64), ACT_BITS + WEIGHT_BITS)
+        worst = float(np.abs(w).sum(axis=(1, 2, 3)).max()) * ACT_MAX + float(np.abs(b).max())
+        if worst >= _SUM_LIMIT:
+            raise ValueError(f"weights too large for exact fixed point ({worst:.3g} >= {_SUM_LIMIT:.3g})")
+        self.k = w.shape[-1]
+        self.taps = [np.ascontiguousarray(w[:, :, i, j]) for i in range(self.k) for j in range(self.k)]
+        self.b = b.reshape(-1, 1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: B x C x H x W float64 on the activation grid."""
+        bsz, c, h, w = x.shape
+        p = self.k // 2
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
+        out = np.empty((bsz, self.b.shape[0], h * w))
+        for n in range(bsz):
+            acc = np.broadcast_to(self.b, (self.b.shape[0], h * w)).copy()
+            t = 0
+            for i in range(self.k):
+                for j in range(self.k):
+                    acc += self.taps[t] @ np.ascontiguousarray(xp[n, :, i:i + h, j:j + w]).reshape(c, h * w)
+                    t += 1
+            out[n] = acc
+        return out.reshape(bsz, -1, h, w)
+
+
+class ExactScaleNet:
+    """One group's scale network in fixed point: 3x3 conv, ReLU, 1x1 conv,
+    ReLU, 1x1 conv (the float twin is nets.matnet.ScaleNet)."""
+
+    def __init__(self, state: dict, prefix: str):
+        self.convs = [ExactConv(state[f"{prefix}.{c}.weight"], state[f"{prefix}.{c}.bias"])
+                      for c in ("c1", "c2", "c3")]
+
+    def __call__(self, ctx: np.ndarray) -> np.ndarray:
+        a = act_grid(np.maximum(self.convs[0](ctx), 0.0))
+        a = act_grid(np.maximum(self.convs[1](a), 0.0))
+        return self.convs[2](a)
+
+
+class ExactScales:
+    """A model's whole exact entropy model, from its weights (numpy arrays by
+    state-dict name) and config: the bin widths of every group at a quality,
+    and every group's scale-table indices from the decoded symbols."""
+
+    def __init__(self, state: dict, latent: int, groups: int, scale_of: list, rate_knots: int):
+        self.latent, self.groups, self.scale_of = latent, groups, scale_of
+        self.log_width = [float(v) for v in np.asarray(state["log_width"], dtype=np.float64)]
+        self.gain = (np.asarray(state["log_gain"], dtype=np.float64) if rate_knots else None)
+        self.log_sigma0 = to_grid(np.asarray(state["log_sigma0"], dtype=np.float64), ACT_BITS + WEIGHT_BITS)
+        self.nets = [ExactScaleNet(state, f"scale_nets.{g - 1}") for g in range(1, groups)]
+        self._const: dict = {}
+
+    def constants(self, u):
+        """(widths, offsets), groups x latent float64: each group's bin widths on
+        the activation grid, and log(width) + log(smallest table scale)."""
+        hit = self._const.get(u)
+        if hit is None:
+            from ..entropy import LOG_SCALE_MIN
+            widths, offsets = [], []
+            for g in range(self.groups):
+                gains = interp_knots(self.gain[:, g].tolist(), u) if self.gain is not None else [0.0] * self.latent
+                wg = [max(round(dexp(a + b) * 2 ** ACT_BITS), MIN_WIDTH_STEPS) / 2 ** ACT_BITS
+                      for a, b in zip(self.log_width, gains)]
+                widths.append(wg)
+                offsets.append([dlog(v) + LOG_SCALE_MIN for v in wg])
+            hit = self._const[u] = (np.array(widths), np.array(offsets))
+        return hit
+
+    def magnitudes(self, g: int, k: np.ndarray, u) -> np.ndarray:
+        """|w k| of group g's decoded offsets: what later groups' scales see (exact)."""
+        return self.constants(u)[0][g].reshape(1, -1, 1, 1) * np.abs(np.asarray(k, dtype=np.float64))
+
+    def context(self, g: int, hist: list, u, shape) -> np.ndarray:
+        """|w k| of groups g-1 and g-2 at group g's resolution, and the quality map."""
+        b, hs, ws = shape
+        maps = []
+        for back in (1, 2):
+            j = g - back
+            if j < 0:
+                maps.append(np.zeros((b, self.latent, hs, ws)))
+                continue
+            f = hs // hist[j].shape[-2]
+            maps.append(hist[j].repeat(f, -2).repeat(f, -1) if f > 1 else hist[j])
+        uq = to_grid(float(u if u is not None else 0.0), ACT_BITS)
+        maps.append(np.full((b, 1, hs, ws), uq))
+        return np.concatenate(maps, 1)
+
+    def index(self, g: int, hist: list, u, shape) -> np.ndarray:
+        """Group g's scale-table indices (uint8, B x L x H x W), the same bits on every machine."""
+        from ..entropy import INV_LOG_STEP, NUM_SCALES
+        b, hs, ws = shape
+        offset = self.constants(u)[1][g].reshape(1, -1, 1, 1)
+        if g == 0:
+            log_sigma = np.broadcast_to(self.log_sigma0.reshape(1, -1, 1, 1), (b, self.latent, hs, ws))
+        else:
+            log_sigma = self.nets[g - 1](self.context(g, hist, u, shape))
+        v = np.round((log_sigma - offset) * INV_LOG_STEP)
+        return np.clip(v, 0, NUM_SCALES - 1).astype(np.uint8)

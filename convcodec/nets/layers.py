@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 # The coder snaps prior scales (in quantization-bin units) to a table spanning
-# this range; training clamps to the same range so the rate it optimises is the
-# rate the coder can spend (see convcodec.entropy).
-SCALE_MIN = 0.11
-SCALE_MAX = 64.0
+# [SCALE_MIN, SCALE_MAX]; training clamps to the same range so the rate it
+# optimises is the rate the coder can spend (see convcodec.entropy).
+from ..entropy import SCALE_MAX, SCALE_MIN  # noqa: E402  (re-exported)
+
 LIKELIHOOD_MIN = 1e-9
 
 

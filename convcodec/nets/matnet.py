@@ -28,11 +28,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .exact import ACT_BITS, WEIGHT_BITS, ScaleNet, dexp, dlog, interp_knots, snap_index, to_grid
+from .exact import ExactScales
 from .layers import analysis, by_tiles, run_analysis, run_synthesis, synthesis
 from .rollout import LatentGroups, Prior, coder_scales
 
@@ -113,6 +115,29 @@ class Residual(nn.Module):
 
     def forward(self, h, inp):
         return _lrelu(h + self.c2(_lrelu(self.c1(inp))))
+
+
+class ScaleNet(nn.Module):
+    """The prior scale of one latent group from integer context only (the
+    float twin of nets.exact.ExactScaleNet, which codes with it).
+
+    Input: the magnitudes |w k| of earlier groups' decoded offsets (latent
+    units) brought to this group's resolution, and the file's quality as one
+    constant map. Output: log of the prior's standard deviation in latent
+    units, per latent map. 3x3 conv, ReLU, 1x1, ReLU, 1x1: cheap enough to
+    run in float64 fixed point."""
+
+    def __init__(self, in_ch: int, hidden: int, out_ch: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(in_ch, hidden, 3, padding=1)
+        self.c2 = nn.Conv2d(hidden, hidden, 1)
+        self.c3 = nn.Conv2d(hidden, out_ch, 1)
+        # Start as a constant scale (a factorized prior), learn the context from there.
+        nn.init.zeros_(self.c3.weight)
+        nn.init.zeros_(self.c3.bias)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.c3(F.relu(self.c2(F.relu(self.c1(ctx)))))
 
 
 def _up(ch):
@@ -217,82 +242,48 @@ class MatNet(LatentGroups):
         table = self.log_gain[:, g].float()
         return lw + table[i] * (1 - f) + table[i + 1] * f
 
-    def _coding_constants(self, u):
-        """Per-file constants of a quality, computed in Python floats and
-        decimal exp/ln so that every machine gets the same bits: each group's
-        bin widths on the activation grid, and log(width) + log(smallest
-        table scale), the offset of the scale-table index."""
-        from ..entropy import LOG_SCALE_MIN
-        key = (u, self.log_width._version, getattr(self, "log_gain", self.log_width)._version)
-        hit = self._exact_cache.get(("const", key))
-        if hit is not None:
-            return hit
-        lw = [float(v) for v in self.log_width.detach().double().cpu()]
-        widths, offsets = [], []
-        for g in range(self.num_groups):
-            gains = (interp_knots(self.log_gain[:, g].detach().double().cpu().tolist(), u)
-                     if self.cfg.rate_knots else [0.0] * len(lw))
-            wg = [max(round(dexp(a + b) * 2 ** ACT_BITS), 4) / 2 ** ACT_BITS for a, b in zip(lw, gains)]
-            widths.append(wg)
-            offsets.append([dlog(v) + LOG_SCALE_MIN for v in wg])
-        out = (torch.tensor(widths, dtype=torch.float64), torch.tensor(offsets, dtype=torch.float64))
-        self._exact_cache[("const", key)] = out
-        return out
+    def exact(self) -> ExactScales:
+        """The exact entropy model (convcodec.nets.exact) of these weights,
+        rebuilt when any of them changed (training, load_state_dict)."""
+        params = [self.log_width, self.log_sigma0, *self.scale_nets.parameters()]
+        if self.cfg.rate_knots:
+            params.append(self.log_gain)
+        key = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+        if self._exact_cache.get("key") != key:
+            state = {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()
+                     if k.startswith(("log_width", "log_gain", "log_sigma0", "scale_nets."))}
+            self._exact_cache = {"key": key, "exact": ExactScales(state, self.cfg.latent, self.num_groups,
+                                                                   self._scale_of, self.cfg.rate_knots)}
+        return self._exact_cache["exact"]
 
     def bin_width(self, st: TopDownState, coding: bool = False) -> torch.Tensor:
         """Group st.g's bin width per latent map, broadcastable to a latent map
         (when coding with exact scales: the width on the grid, as the file uses)."""
         if coding and self.cfg.exact_scales:
-            return self._coding_constants(st.u)[0][st.g].float().to(st.h.device).view(1, -1, 1, 1)
+            w = self.exact().constants(st.u)[0][st.g]
+            return torch.tensor(w, dtype=torch.float32, device=st.h.device).view(1, -1, 1, 1)
         u = st.u
         if self.cfg.rate_knots and not torch.is_tensor(u):
             u = torch.full((st.h.shape[0],), float(u), device=st.h.device)
         return self._log_bin_width(st.g, u).exp()[..., None, None]
 
     # ---- exact scales: context of decoded symbols -> scale index ----
-    def _context(self, st: TopDownState, dtype) -> torch.Tensor:
-        """|w k| of groups g-1 and g-2 at group g's resolution, and the quality map."""
+    def _context(self, st: TopDownState) -> torch.Tensor:
+        """Training's float twin of ExactScales.context: |w k| of groups g-1
+        and g-2 at group g's resolution, and the quality map."""
         b, _, hs, ws = st.h.shape
-        L = self.cfg.latent
         maps = []
         for back in (1, 2):
             j = st.g - back
             if j < 0:
-                maps.append(torch.zeros(b, L, hs, ws, dtype=dtype, device=st.h.device))
+                maps.append(st.h.new_zeros(b, self.cfg.latent, hs, ws))
                 continue
-            d = st.hist[j].to(dtype)
+            d = st.hist[j]
             f = hs // d.shape[-2]
-            if f > 1:
-                d = d.repeat_interleave(f, -2).repeat_interleave(f, -1)
-            maps.append(d)
-        u = st.u if self.cfg.rate_knots else 0.0
-        if torch.is_tensor(u):
-            umap = u.to(dtype).view(-1, 1, 1, 1).expand(b, 1, hs, ws)
-        else:
-            umap = torch.full((b, 1, hs, ws), round(float(u) * 2 ** ACT_BITS) / 2 ** ACT_BITS,
-                              dtype=dtype, device=st.h.device)
-        return torch.cat(maps + [umap], 1)
-
-    def _exact_net(self, g: int, device):
-        key = ("net", g, str(device), tuple(p._version for p in self.scale_nets[g - 1].parameters()))
-        net = self._exact_cache.get(key)
-        if net is None:
-            net = self._exact_cache[key] = self.scale_nets[g - 1].exact().to(device)
-        return net
-
-    def exact_scale_index(self, st: TopDownState) -> torch.Tensor:
-        """The coder's scale-table indices of group st.g (uint8, B x L x H x W),
-        bit-identical on every machine (convcodec.nets.exact)."""
-        from ..entropy import INV_LOG_STEP, NUM_SCALES
-        b, _, hs, ws = st.h.shape
-        offset = self._coding_constants(st.u)[1][st.g].to(st.h.device).view(1, -1, 1, 1)
-        if st.g == 0:
-            ls = to_grid(self.log_sigma0.detach().double(), ACT_BITS + WEIGHT_BITS).to(st.h.device)
-            log_sigma = ls.view(1, -1, 1, 1).expand(b, -1, hs, ws)
-        else:
-            net = self._exact_net(st.g, st.h.device)
-            (log_sigma,) = by_tiles(lambda c: (net(c),), self._context(st, torch.float64), halo=1)
-        return snap_index(log_sigma, offset, INV_LOG_STEP, NUM_SCALES)
+            maps.append(d.repeat_interleave(f, -2).repeat_interleave(f, -1) if f > 1 else d)
+        u = st.u if self.cfg.rate_knots else st.h.new_zeros(b)
+        maps.append(u.float().view(-1, 1, 1, 1).expand(b, 1, hs, ws))
+        return torch.cat(maps, 1)
 
     def log_sigma(self, st: TopDownState) -> torch.Tensor:
         """Float twin of the exact scale path (training): log std, latent units."""
@@ -300,7 +291,7 @@ class MatNet(LatentGroups):
         if st.g == 0:
             return self.log_sigma0.float().view(1, -1, 1, 1).expand(b, -1, hs, ws)
         with torch.autocast(st.h.device.type, enabled=False):
-            return self.scale_nets[st.g - 1](self._context(st, torch.float32))
+            return self.scale_nets[st.g - 1](self._context(st))
 
     def posterior(self, h_b: list[torch.Tensor], st: TopDownState, enc: MergeState):
         g = st.g
@@ -328,10 +319,11 @@ class MatNet(LatentGroups):
         nxt = self.update(st, z)
         if not self.cfg.exact_scales:
             return nxt
-        if k is None:
+        if coding:       # exact: the width on the grid times an integer (numpy float64)
+            kk = np.zeros(z.shape) if k is None else k.detach().cpu().numpy()
+            d = self.exact().magnitudes(st.g, kk, st.u)
+        elif k is None:
             d = torch.zeros_like(z)
-        elif coding:
-            d = self.bin_width(st, True).double() * k.detach().abs().double()
         else:
             d = (self.bin_width(st, False) * k.detach().abs()).float()
         nxt.hist = st.hist + (d,)
@@ -342,8 +334,9 @@ class MatNet(LatentGroups):
             return super().prior_of(st, coding)
         mu, _ = self.prior(st)
         if coding:
-            idx = self.exact_scale_index(st)
-            return Prior(mu, coder_scales(idx), idx.cpu().numpy())
+            b, _, hs, ws = st.h.shape
+            idx = self.exact().index(st.g, list(st.hist), st.u, (b, hs, ws))
+            return Prior(mu, coder_scales(torch.from_numpy(idx).to(mu.device)), idx)
         log_w = self.bin_width(st, False).log()
         scale = (self.log_sigma(st).float() - log_w).exp()
         return Prior(mu, scale, None)

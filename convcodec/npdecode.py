@@ -1,0 +1,177 @@
+"""A torch-free decoder for portable files: numpy, on the CPU.
+
+Importing torch takes 1.7 s on our 2-core machine, more than decoding a
+Kodak file does; a command-line decode that needs no torch starts at once.
+This module decodes version-2 files of MatNet models (exact scales) with
+numpy alone: the same group loop as ``nets.rollout.walk`` at temperature 0,
+the same exact entropy model (``nets.exact.ExactScales``, one implementation
+for both decoders, so the symbols are those of the file on any machine), and
+the float layers of the top-down path and ``g_s`` written with numpy's
+matrix products. Its pixels match the torch decoder's to within one level
+in a few values, as between two machines (tests/test_npdecode.py checks it).
+
+Used by ``convcodec decompress`` (``--engine auto``) for portable files on
+the CPU at temperature 0, up to MAX_PIXELS; everything else (sampling at a
+temperature, big images, which the torch decoder tiles, CUDA, batches)
+goes through convcodec.codec.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .container import CdrFile
+from .entropy import read_group
+from .nets.exact import ExactScales
+from .zoo import ModelError, check_identity, load_arrays
+
+MAX_PIXELS = 4_000_000     # larger images go to the torch decoder, which works in tiles
+_COLS_BYTES = 64 << 20     # im2col working set per band of rows
+
+
+def _lrelu(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, np.float32(0.1) * x)
+
+
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Conv2d, stride 1, 'same' zero padding; x: C x H x W float32. im2col in
+    bands of rows (bounded memory) and one matrix product per band."""
+    o, c, k, _ = w.shape
+    p = k // 2
+    _, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
+    wm = w.reshape(o, c * k * k)
+    out = np.empty((o, h, wd), dtype=np.float32)
+    rows = max(1, _COLS_BYTES // (4 * c * k * k * wd))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        win = sliding_window_view(xp[:, r0:r1 + 2 * p], (k, k), axis=(1, 2))   # C x R x W x k x k
+        cols = win.transpose(0, 3, 4, 1, 2).reshape(c * k * k, (r1 - r0) * wd)
+        out[:, r0:r1] = (wm @ cols).reshape(o, r1 - r0, wd)
+    out += b.reshape(-1, 1, 1)
+    return out
+
+
+def _conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ConvTranspose2d(kernel 4, stride 2, padding 1): C x H x W -> C' x 2H x 2W."""
+    cin, cout, k, _ = w.shape
+    _, h, wd = x.shape
+    full = np.zeros((cout, 2 * h + 2, 2 * wd + 2), dtype=np.float32)
+    xf = x.reshape(cin, h * wd)
+    for i in range(k):
+        for j in range(k):
+            full[:, i:i + 2 * h:2, j:j + 2 * wd:2] += (w[:, :, i, j].T @ xf).reshape(cout, h, wd)
+    return full[:, 1:2 * h + 1, 1:2 * wd + 1] + b.reshape(-1, 1, 1)
+
+
+def _pixel_shuffle(x: np.ndarray) -> np.ndarray:
+    c4, h, w = x.shape
+    c = c4 // 4
+    return x.reshape(c, 2, 2, h, w).transpose(0, 3, 1, 4, 2).reshape(c, 2 * h, 2 * w)
+
+
+def _igdn(x: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    c, h, w = x.shape
+    sq = (x * x).reshape(c, h * w)
+    norm = np.sqrt(np.abs(gamma) @ sq + (np.abs(beta) + np.float32(1e-6)).reshape(-1, 1))
+    return x * norm.reshape(c, h, w)
+
+
+class NumpyMatNet:
+    """The decoder half of a MatNet with exact scales, from its weights."""
+
+    def __init__(self, state: dict, cfg: dict):
+        self.s = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
+        self.groups = list(cfg["groups"])
+        self.G = sum(self.groups)
+        self.latent, self.synthesis = cfg["latent"], list(cfg["synthesis"])
+        self.stride = 2 ** (len(cfg["analysis"]) + len(self.groups) - 1)
+        self.rate_knots = cfg.get("rate_knots", 0)
+        self.scale_of, self.last_of_scale = [], []
+        for s, k in enumerate(self.groups):
+            self.scale_of += [s] * k
+            self.last_of_scale += [False] * (k - 1) + [True]
+        self.exact = ExactScales(state, self.latent, self.G, self.scale_of, self.rate_knots)
+
+    def conv(self, name: str, x):
+        return _conv(x, self.s[f"{name}.weight"], self.s[f"{name}.bias"])
+
+    def prior_mean(self, g: int, h):
+        return self.conv(f"prior_heads.{g}.2", _lrelu(self.conv(f"prior_heads.{g}.0", h)))
+
+    def update(self, g: int, h, z):
+        inp = np.concatenate([h, z.astype(np.float32)], 0)
+        h = _lrelu(h + self.conv(f"td.{g}.c2", _lrelu(self.conv(f"td.{g}.c1", inp))))
+        if self.last_of_scale[g] and g + 1 < self.G:
+            s = self.scale_of[g]
+            h = _conv_transpose(h, self.s[f"up_t.{s}.weight"], self.s[f"up_t.{s}.bias"])
+        return h
+
+    def render(self, h):
+        """g_s: conv, pixel shuffle, inverse GDN per octave; then + 1/2."""
+        x, n = h, len(self.synthesis) + 1
+        for i in range(n):
+            x = _pixel_shuffle(self.conv(f"g_s.{3 * i}", x))
+            if i < n - 1:
+                x = _igdn(x, self.s[f"g_s.{3 * i + 2}.beta"], self.s[f"g_s.{3 * i + 2}.gamma"])
+        return x + np.float32(0.5)
+
+    def decode(self, cdr: CdrFile, stored: int) -> np.ndarray:
+        hd = cdr.header
+        u = (hd.quality - 1) / 99.0 if self.rate_knots else None
+        ph, pw = hd.height + (-hd.height) % self.stride, hd.width + (-hd.width) % self.stride
+        h = np.broadcast_to(self.s["h_top"][0], (self.s["h_top"].shape[1], ph // self.stride,
+                                                 pw // self.stride)).astype(np.float32)
+        widths = self.exact.constants(u)[0].astype(np.float32)
+        hist = []
+        for g in range(self.G):
+            mu = self.prior_mean(g, h)
+            if g < stored:
+                idx = self.exact.index(g, hist, u, (1, *h.shape[1:]))
+                k = read_group(cdr, g, idx[0])
+                z = mu + widths[g].reshape(-1, 1, 1) * k.astype(np.float32)
+                hist.append(self.exact.magnitudes(g, k[None], u))
+            else:
+                z = mu
+                hist.append(np.zeros((1, *mu.shape)))
+            h = self.update(g, h, z)
+        x = self.render(h)[:, :hd.height, :hd.width]
+        return np.round(np.clip(x, 0, 1) * np.float32(255)).astype(np.uint8).transpose(1, 2, 0)
+
+
+_NETS: dict = {}
+
+
+def _net(name_or_path: str):
+    state, cfg, info = load_arrays(name_or_path)
+    key = info["sha256"]
+    if key not in _NETS:
+        _NETS[key] = NumpyMatNet(state, cfg)
+    return _NETS[key], cfg, info
+
+
+def can_decode(cdr: CdrFile, model: str | None = None, temperature: float = 0.0,
+               device: str = "auto") -> bool:
+    """Whether this decoder takes the file: a portable file of a MatNet with
+    exact scales, temperature 0, on the CPU (``auto`` where no NVIDIA GPU is
+    present), at most MAX_PIXELS."""
+    hd = cdr.header
+    if hd.version < 2 or temperature != 0 or hd.width * hd.height > MAX_PIXELS:
+        return False
+    if device == "cuda" or (device == "auto" and os.path.exists("/dev/nvidiactl")):
+        return False
+    try:
+        _, cfg, _ = load_arrays(model or hd.model_name)
+    except ModelError:
+        return False          # the torch decoder reports it
+    return cfg.get("backbone") == "matnet" and bool(cfg.get("exact_scales"))
+
+
+def decode(cdr: CdrFile, model: str | None = None, steps: int | None = None) -> np.ndarray:
+    """A version-2 .cdr file -> HxWx3 uint8, without torch (see can_decode)."""
+    net, _, info = _net(model or cdr.header.model_name)
+    check_identity(cdr.header, info, net.G)
+    stored = len(cdr.chunks) if steps is None else max(0, min(int(steps), len(cdr.chunks)))
+    return net.decode(cdr, stored)
