@@ -124,9 +124,11 @@ def read_card(weights: Path) -> dict:
         return json.load(f)
 
 
-def _read_weights(weights: Path):
-    """(bytes, sha256, card, metadata) of a weights file, checked against its
-    card; no torch."""
+def _read_weights(weights: Path, framework: str):
+    """(state, config dict, info) of a weights file checked against its card;
+    tensors as ``framework`` ("torch" or "numpy") gives them."""
+    import importlib
+    from safetensors import SafetensorError
     card = read_card(weights)
     # Read the file once: the digest, the header's metadata and the tensors
     # all come from the same bytes (so they are also the bytes the card vouched for).
@@ -135,45 +137,29 @@ def _read_weights(weights: Path):
     if card.get("sha256") != digest:
         raise ModelError(f"model weights {weights.name} do not match their card (sha256 differs)")
     try:
+        state = importlib.import_module(f"safetensors.{framework}").load(data)
         (n,) = struct.unpack_from("<Q", data, 0)        # safetensors: u64 header length, JSON header
         meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-        json.loads(meta["config"])
-    except (ValueError, KeyError, struct.error) as e:
+        cfg = json.loads(meta["config"])
+    except (SafetensorError, ValueError, KeyError, struct.error) as e:
         raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
-    return data, digest, card, meta
+    return state, cfg, {"name": meta.get("name", weights.stem), "sha256": digest, "card": card}
 
 
 @lru_cache(maxsize=8)
 def _load(path: str, mtime: float):
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-    weights = Path(path)
-    data, digest, card, meta = _read_weights(weights)
-    try:
-        state = load(data)
-    except SafetensorError as e:
-        raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
-    cfg = config_from_dict(json.loads(meta["config"]))
-    model = build_model(cfg)
+    state, cfg, info = _read_weights(Path(path), "torch")
+    model = build_model(config_from_dict(cfg))
     model.load_state_dict(state)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    name = meta.get("name", weights.stem)
-    return model, {"name": name, "sha256": digest, "card": card}
+    return model, info
 
 
 @lru_cache(maxsize=8)
 def _load_arrays(path: str, mtime: float):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-    weights = Path(path)
-    data, digest, card, meta = _read_weights(weights)
-    try:
-        state = load(data)
-    except SafetensorError as e:
-        raise ModelError(f"cannot read model weights {weights.name}: {e}") from None
-    return state, json.loads(meta["config"]), {"name": meta.get("name", weights.stem), "sha256": digest, "card": card}
+    return _read_weights(Path(path), "numpy")
 
 
 def load_arrays(name_or_path: str | None = None):

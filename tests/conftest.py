@@ -26,6 +26,14 @@ def make_tiny(path, seed=0, name="tiny", card=None, **over):
     return str(path) + ".safetensors"
 
 
+def _perturb_zero_convs(m):
+    """Residual branches (and the scale networks' last layers) start at zero;
+    perturb them so the tests exercise every module, not only the skip paths."""
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Conv2d) and not mod.weight.any():
+            mod.weight.normal_(0, 0.1)
+
+
 TINY_MATNET = MatNetConfig(latent=4, width=8, groups=(1, 2, 2), analysis=(8, 8, 8), synthesis=(8, 8))
 
 
@@ -34,11 +42,7 @@ def make_tiny_matnet(path, seed=0, name="tiny-matnet"):
     m = MatNet(TINY_MATNET)
     with torch.no_grad():
         m.log_width.fill_(-4.0)
-        # Residual branches start at zero (identity); perturb them so the
-        # test exercises every module, not only the skip paths.
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.Conv2d) and not mod.weight.any():
-                mod.weight.normal_(0, 0.1)
+        _perturb_zero_convs(m)
     zoo.save_model(m, path, {"name": name})
     return str(path) + ".safetensors"
 
@@ -54,9 +58,7 @@ def make_tiny_vr(path, seed=0, name="tiny-vr"):
     m = MatNet(TINY_VR)
     with torch.no_grad():
         m.log_width.fill_(-3.0)
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.Conv2d) and not mod.weight.any():
-                mod.weight.normal_(0, 0.1)
+        _perturb_zero_convs(m)
         for net in m.scale_nets:
             net.c3.weight.normal_(0, 0.5)
             net.c3.bias.fill_(-2.0)

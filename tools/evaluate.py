@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Kodak rate-distortion of one model at every number of stored groups.
+"""Kodak rate-distortion of one model at every number of stored groups (a
+variable-rate model: at its default quality, and over a quality sweep with
+all groups stored).
 
 Bits come from real .cdr files (each prefix is the file `--steps t` writes;
 checked byte for byte on the first image), quality from decoding them. Also
@@ -27,6 +29,26 @@ from convcodec.metrics import bpp, interp_curve, pillow_roundtrip, psnr
 from convcodec.zoo import load_model, resolve
 
 JPEG_QUALITIES = [1, 2, 3, 5, 7, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95]
+SWEEP = (1, 10, 20, 30, 40, 50, 60, 75, 85, 95, 100)     # qualities of a variable-rate model
+
+
+def quality_sweep(model, images, qualities, jpeg):
+    """Mean bpp and PSNR over the images at each quality, all groups stored."""
+    rows = []
+    for q in qualities:
+        b, p, gaps = [], [], []
+        for rgb in images:
+            enc = codec.encode(rgb, model=model, quality=q)
+            out = codec.decode(enc.data, model=model)
+            b.append(bpp(len(enc.data), rgb)); p.append(psnr(rgb, out))
+            gaps.append((len(enc.data) - enc.estimated_bytes) / enc.estimated_bytes)
+        mb = float(np.mean(b))
+        jp = interp_curve([j["bpp"] for j in jpeg], [j["psnr"] for j in jpeg], mb)
+        rows.append({"quality": q, "bpp": round(mb, 4), "psnr": round(float(np.mean(p)), 3),
+                     "jpeg_psnr": None if jp is None else round(jp, 3),
+                     "bytes_vs_estimate_pct": round(100 * float(np.mean(gaps)), 3)})
+        print(f"quality {q}: {mb:.4f} bpp, {np.mean(p):.2f} dB", file=sys.stderr)
+    return rows
 
 
 def jpeg_curve(images):
@@ -47,6 +69,8 @@ def main():
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--update-card", action="store_true", help="store the table in the model's card")
+    ap.add_argument("--qualities", default=",".join(map(str, SWEEP)),
+                    help="variable-rate models: the qualities of the sweep (all groups)")
     a = ap.parse_args()
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
     if not paths:
@@ -89,7 +113,10 @@ def main():
                      "jpeg_psnr": None if jp is None else round(jp, 3),
                      "bytes_vs_estimate_pct": round(100 * float(np.mean(gaps)), 3),
                      "bytes_vs_estimate_worst_pct": round(100 * float(max(gaps, key=abs)), 3)})
+    sweep = (quality_sweep(a.model, images, [int(q) for q in a.qualities.split(",")], jpeg)
+             if codec.is_variable_rate(net) else None)
     res = {"model": info["name"], "sha256": info["sha256"], "images": len(paths),
+           **({"quality": codec.DEFAULT_QUALITY, "quality_sweep": sweep} if sweep else {}),
            "rd": rows, "jpeg": jpeg, "jpeg_lowest": jpeg[0],
            "encode_s_median": round(float(np.median(enc_s)), 3),
            "decode_s_median": round(float(np.median(dec_s)), 3),
@@ -104,6 +131,13 @@ def main():
         print(f"| {r['steps']} | {r['bpp']:.4f} | {r['psnr']:.2f} | {jp} | "
               f"{r['bytes_vs_estimate_pct']:+.2f}% / {r['bytes_vs_estimate_worst_pct']:+.2f}% |")
     print(f"median encode {res['encode_s_median']} s, decode {res['decode_s_median']} s (all groups)")
+    if sweep:
+        print(f"\nquality sweep, all groups stored (the steps table above is at quality {codec.DEFAULT_QUALITY})")
+        print("| quality | bpp | PSNR (dB) | JPEG PSNR at that bpp | file vs estimate |")
+        print("|---:|---:|---:|---:|---:|")
+        for r in sweep:
+            jp = "none" if r["jpeg_psnr"] is None else f"{r['jpeg_psnr']:.2f}"
+            print(f"| {r['quality']} | {r['bpp']:.4f} | {r['psnr']:.2f} | {jp} | {r['bytes_vs_estimate_pct']:+.2f}% |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -38,14 +38,19 @@ MACHINES = {
 }
 
 
-def worker(files: list[str], out: str, device: str, model: str | None):
+def worker(files: list[str], out: str, device: str, model: str | None, engine: str):
     """Decode every file at every number of groups; save the pixels (npz)."""
     import numpy as np
-    import torch
-    from convcodec import codec
     from convcodec.container import unpack
-    if os.environ.get("OMP_NUM_THREADS") == "1":
-        torch.set_num_threads(1)
+    if engine == "numpy":
+        from convcodec import npdecode
+        dec = lambda cdr, t: npdecode.decode(cdr, model=model, steps=t)
+    else:
+        import torch
+        from convcodec import codec
+        if os.environ.get("OMP_NUM_THREADS") == "1":
+            torch.set_num_threads(1)
+        dec = lambda cdr, t: codec.decode(cdr, model=model, steps=t, device=device)
     pics, errors = {}, {}
     for f in files:
         with open(f, "rb") as fh:
@@ -53,7 +58,7 @@ def worker(files: list[str], out: str, device: str, model: str | None):
         for t in range(1, len(cdr.chunks) + 1):
             key = f"{os.path.basename(f)}|{t}"
             try:
-                pics[key] = codec.decode(cdr, model=model, steps=t, device=device)
+                pics[key] = dec(cdr, t)
             except Exception as e:         # recorded, compared by the parent
                 errors[key] = f"{type(e).__name__}: {e}"
     np.savez(out, **{k: v for k, v in pics.items()})
@@ -61,11 +66,12 @@ def worker(files: list[str], out: str, device: str, model: str | None):
         json.dump(errors, fh)
 
 
-def run_machine(name: str, files: list[str], tmp: str, model: str | None, device: str = "cpu"):
+def run_machine(name: str, files: list[str], tmp: str, model: str | None, engine: str = "torch",
+                device: str = "cpu"):
     env = {**os.environ, **MACHINES[name]}
-    out = os.path.join(tmp, f"{name}.npz")
+    out = os.path.join(tmp, f"{name}.{engine}.npz")
     t0 = time.time()
-    cmd = [sys.executable, __file__, "--worker", out, "--device", device, *files]
+    cmd = [sys.executable, __file__, "--worker", out, "--device", device, "--engine", engine, *files]
     if model:
         cmd[2:2] = ["--model", model]
     subprocess.run(cmd, env=env, check=True)
@@ -87,10 +93,13 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--engines", default="torch", help="decoders to run on each simulated machine "
+                    "(torch, numpy; the numpy decoder also runs natively in every case)")
+    ap.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        return worker(a.files, a.worker, a.device, a.model)
+        return worker(a.files, a.worker, a.device, a.model, a.engine)
 
     import numpy as np
     from convcodec import codec
@@ -113,9 +122,13 @@ def main(argv=None):
     rows = []
     print(f"model {info['name']} (container version {version}), {len(files)} images, "
           f"{len(ref) + len(ref_err)} decodes per machine; native decode failed on {len(ref_err)}")
-    print(f"{'machine':8} {'decoded':>9} {'failed':>7} {'pixels identical':>17} {'values differing':>17} {'max diff':>9}")
-    for m in a.machines.split(","):
-        pics, errors, secs = run_machine(m, files, tmp, a.model)
+    print("native = this machine, torch decoder; every row is compared with it")
+    print(f"{'machine':8} {'engine':6} {'decoded':>8} {'failed':>7} {'pixels identical':>17} "
+          f"{'values differing':>17} {'max diff':>9}")
+    runs = [(m, e) for m in a.machines.split(",") for e in a.engines.split(",")]
+    runs.insert(0, ("native", "numpy"))
+    for m, engine in runs:
+        pics, errors, secs = run_machine(m, files, tmp, a.model, engine)
         same = differ = 0
         ndiff, maxdiff = 0, 0
         for k, v in pics.items():
@@ -128,11 +141,12 @@ def main(argv=None):
                 maxdiff = max(maxdiff, int(d.max()))
             else:
                 same += 1
-        row = {"machine": m, "env": MACHINES[m], "decoded": len(pics), "failed": len(errors),
+        row = {"machine": m, "engine": engine, "env": MACHINES[m], "decoded": len(pics), "failed": len(errors),
                "pixels_identical": same, "pixels_differ": differ, "values_differing": ndiff,
                "max_abs_diff": maxdiff, "seconds": round(secs, 1), "errors": errors}
         rows.append(row)
-        print(f"{m:8} {len(pics):9d} {len(errors):7d} {same:11d} of {len(pics):<4d} {ndiff:17d} {maxdiff:9d}")
+        print(f"{m:8} {engine:6} {len(pics):8d} {len(errors):7d} {same:11d} of {len(pics):<4d} {ndiff:17d} "
+              f"{maxdiff:9d}")
     res = {"model": info["name"], "sha256": info["sha256"], "version": version, "images": len(files),
            "native_failed": len(ref_err), "machines": rows,
            "digest": hashlib.sha256(b"".join(open(f, "rb").read() for f in files)).hexdigest()}
