@@ -36,14 +36,18 @@ def test_tiled_roundtrip(monkeypatch, tiny_model):
     assert np.abs(whole.astype(int) - out.astype(int)).max() <= 1   # float rounding only
 
 
-def test_per_group_networks_in_tiles_match_whole_maps(monkeypatch, tiny_model, tiny_matnet):
+def test_per_group_networks_in_tiles_match_whole_maps(monkeypatch, tiny_model, tiny_matnet, tiny_vr):
     """prior / posterior / update run in tiles on big latent maps: the
-    files and pictures are those of one pass over the whole map."""
+    files and pictures are those of one pass over the whole map (the exact
+    scales too, whose convolutions run in bands of rows)."""
+    from convcodec.nets import exact
     rgb = smooth_image(200, 72)
-    for m in (tiny_model, tiny_matnet):
+    for m in (tiny_model, tiny_matnet, tiny_vr):
+        monkeypatch.setattr(exact, "_COLS_BYTES", 1 << 30)
         monkeypatch.setattr(cd, "TILE_POSITIONS", 10 ** 9)
         enc_w, rec_w = codec.encode(rgb, model=m, reconstruct=True)
         monkeypatch.setattr(cd, "TILE_POSITIONS", 4)      # tiles of 4x4 latent positions
+        monkeypatch.setattr(exact, "_COLS_BYTES", 1)       # exact convolutions one row at a time
         enc_b, rec_b = codec.encode(rgb, model=m, reconstruct=True)
         assert enc_b.data == enc_w.data
         np.testing.assert_array_equal(rec_b, rec_w)

@@ -11,7 +11,7 @@ same bits:
   mean, times the bin width; never a float state of the network).
 * Weights and activations are fixed-point: activations are multiples of
   2^-ACT_BITS, weights multiples of 2^-WEIGHT_BITS, biases multiples of the
-  product grid. Convolutions run in float64 as sums of matrix products, so
+  product grid. Convolutions run in float64 as matrix products, so
   every partial sum is an integer multiple of 2^-(ACT_BITS+WEIGHT_BITS) far
   below 2^53 of them: exact whatever the order of summation (checked per
   layer on load, with activations clamped to +-ACT_MAX).
@@ -34,11 +34,13 @@ import decimal
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 ACT_BITS = 12                  # activations on a 2^-12 grid
 WEIGHT_BITS = 14               # weights on a 2^-14 grid
 ACT_MAX = float(2 ** 15)       # activations are clamped to +-ACT_MAX
 _SUM_LIMIT = 2.0 ** (53 - ACT_BITS - WEIGHT_BITS)   # |partial sums| below this are exact
+_COLS_BYTES = 64 << 20         # im2col working set per band of rows
 MIN_WIDTH_STEPS = 4            # a bin width is at least 4 grid steps (2^-10)
 
 _CTX = decimal.Context(prec=40)
@@ -80,7 +82,7 @@ def interp_knots(table, u: float) -> list:
 
 class ExactConv:
     """A trained Conv2d (stride 1, 'same' padding) in fixed point, evaluated
-    in float64 as one matrix product per kernel tap (a plain sum of
+    in float64 as a matrix product over im2col columns (a plain sum of
     products: exact). Refuses weights whose worst-case sum could leave the
     exactly representable range."""
 
@@ -91,24 +93,25 @@ class ExactConv:
         if worst >= _SUM_LIMIT:
             raise ValueError(f"weights too large for exact fixed point ({worst:.3g} >= {_SUM_LIMIT:.3g})")
         self.k = w.shape[-1]
-        self.taps = [np.ascontiguousarray(w[:, :, i, j]) for i in range(self.k) for j in range(self.k)]
+        self.w = w.reshape(w.shape[0], -1)              # O x (C k k), the order of the columns
         self.b = b.reshape(-1, 1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x: B x C x H x W float64 on the activation grid."""
+        """x: B x C x H x W float64 on the activation grid. One matrix product
+        per image over the taps' columns (im2col); any order of summation
+        gives the same exact sums."""
         bsz, c, h, w = x.shape
-        p = self.k // 2
-        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
-        out = np.empty((bsz, self.b.shape[0], h * w))
+        k, p = self.k, self.k // 2
+        out = np.empty((bsz, self.w.shape[0], h, w))
+        rows = max(1, _COLS_BYTES // (8 * c * k * k * w))       # bands of rows: bounded memory
         for n in range(bsz):
-            acc = np.broadcast_to(self.b, (self.b.shape[0], h * w)).copy()
-            t = 0
-            for i in range(self.k):
-                for j in range(self.k):
-                    acc += self.taps[t] @ np.ascontiguousarray(xp[n, :, i:i + h, j:j + w]).reshape(c, h * w)
-                    t += 1
-            out[n] = acc
-        return out.reshape(bsz, -1, h, w)
+            xp = np.pad(x[n], ((0, 0), (p, p), (p, p))) if p else x[n]
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                win = sliding_window_view(xp[:, r0:r1 + 2 * p], (k, k), axis=(1, 2))   # C x R x W x k x k
+                cols = win.transpose(0, 3, 4, 1, 2).reshape(c * k * k, (r1 - r0) * w)
+                out[n, :, r0:r1] = (self.w @ cols + self.b).reshape(-1, r1 - r0, w)
+        return out
 
 
 class ExactScaleNet:
