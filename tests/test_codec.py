@@ -75,12 +75,14 @@ def test_decoding_twice_gives_identical_pixels(tiny_model):
     assert codec.encode(rgb, model=tiny_model, steps=2).data == data
 
 
-def test_temperature_samples_are_seeded(tiny_model):
-    data = codec.encode(smooth_image(24, 40), model=tiny_model, steps=1).data
-    a = codec.decode(data, model=tiny_model, temperature=1.0, seed=5)
-    b = codec.decode(data, model=tiny_model, temperature=1.0, seed=5)
-    c = codec.decode(data, model=tiny_model, temperature=1.0, seed=6)
-    m = codec.decode(data, model=tiny_model, temperature=0.0)
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_vr"])
+def test_temperature_samples_are_seeded(which, request):
+    model = request.getfixturevalue(which)
+    data = codec.encode(smooth_image(24, 40), model=model, steps=1).data
+    a = codec.decode(data, model=model, temperature=1.0, seed=5)
+    b = codec.decode(data, model=model, temperature=1.0, seed=5)
+    c = codec.decode(data, model=model, temperature=1.0, seed=6)
+    m = codec.decode(data, model=model, temperature=0.0)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, m)
 

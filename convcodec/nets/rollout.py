@@ -168,9 +168,12 @@ def walk(model, st, choose, stored: int, *, coding: bool = False, temperature: f
             k = choose(g, st, prior, w)
             z = prior.mu + w * k
         elif temperature > 0:
-            prior = model.prior_of(st, False)
+            # A sample from the prior the coder would use; its offsets feed
+            # the later groups' scales as decoded ones would.
+            prior = model.prior_of(st, coding)
             w = model.bin_width(st, coding)
             eps = torch.stack([torch.randn(prior.mu.shape[1:], generator=gn) for gn in gens]).to(prior.mu.device)
+            k = quantize(temperature * prior.scale * eps)
             z = prior.mu + temperature * w * prior.scale * eps
         else:
             z, _ = model.prior(st)
