@@ -394,7 +394,8 @@ def models(show_all):
         flags = (["default"] if n == DEFAULT_MODEL else []) + [
             f"--model {fam}" for fam, m in FAMILY_DEFAULTS.items() if m == n]
         if n not in current:
-            flags.append(f"superseded by {card['superseded_by']}; kept so that its files decode")
+            flags.append(f"superseded by {card['superseded_by']}; "
+                         + ("decode only: " if card.get("decode_only") else "") + "kept so that its files decode")
         flag = f" ({', '.join(flags)})" if flags else ""
         click.echo(f"{n}{flag}: {cfg.get('backbone')}, {groups} groups, {kind}, {rng}")
     if hidden:

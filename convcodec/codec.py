@@ -113,6 +113,11 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
     rate-distortion cost (convcodec.refine): a slower encode and a better
     file, decoded as any other."""
     net, info = load_model(model)
+    if info["card"].get("decode_only"):
+        from .zoo import DEFAULT_MODEL
+        raise ModelError(f"model {info['name']!r} writes version-1 files, which another machine may fail "
+                         f"to decode; it is kept only to decode the files it made. Compress with "
+                         f"{DEFAULT_MODEL!r} (the default) or another current model (convcodec models)")
     if is_variable_rate(net):
         quality = _check_quality(DEFAULT_QUALITY if quality is None else quality)
     elif quality is not None:

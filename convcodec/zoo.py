@@ -32,7 +32,7 @@ class ModelError(Exception):
 
 
 # A backbone's name picks its default model: ``--model matnet``.
-FAMILY_DEFAULTS = {"convdraw": "convdraw-v2", "matnet": DEFAULT_MODEL}
+FAMILY_DEFAULTS = {"matnet": DEFAULT_MODEL}
 
 
 def _backbone(name: str):

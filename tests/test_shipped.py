@@ -43,7 +43,24 @@ def test_default_model_codes_a_photo_crop(crop):
     assert sizes[-1] == len(full.data)
 
 
-@pytest.mark.parametrize("family", ["convdraw", "matnet"])
+def test_legacy_models_only_decode(crop):
+    """The version-1 models are kept to decode their files; they write none."""
+    legacy = [n for n, c in zoo.installed_cards().items() if c.get("decode_only")]
+    assert "convdraw-v2" in legacy and "matnet-mid" in legacy and zoo.DEFAULT_MODEL not in legacy
+    with pytest.raises(zoo.ModelError, match="kept only to decode"):
+        codec.encode(crop, model="matnet-mid")
+    # a file it wrote before still decodes, with its version-1 table
+    _, info = zoo.load_model("matnet-mid")
+    info["card"]["decode_only"] = False
+    try:
+        enc, rec = codec.encode(crop, model="matnet-mid", reconstruct=True)
+    finally:
+        info["card"]["decode_only"] = True
+    assert enc.cdr.header.version == 1
+    np.testing.assert_array_equal(codec.decode(enc.data), rec)
+
+
+@pytest.mark.parametrize("family", ["matnet"])
 def test_every_shipped_family_round_trips_every_prefix(crop, family):
     """`--model matnet` / `--model convdraw` pick the family's default model;
     every number of stored groups decodes to what the encoder predicted."""
