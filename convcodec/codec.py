@@ -189,7 +189,7 @@ def model_for(cdr: CdrFile, model: str | None = None):
             raise ModelError(f"file was made by model {cdr.header.model_name!r}, "
                              f"which is not installed ({e})") from None
         raise
-    check_identity(cdr.header, info, net.num_groups)
+    check_identity(cdr.header, info, net.num_groups, is_variable_rate(net))
     return net, info
 
 

@@ -114,6 +114,12 @@ def pack(f: CdrFile) -> bytes:
     return bytes(out)
 
 
+def header_end(version: int, name_len: int) -> int:
+    """Offset of the header CRC: the fixed part, the name, the dimensions and,
+    from version 2, the quality byte."""
+    return _FIXED.size + name_len + _DIMS.size + (_QUALITY.size if version >= 2 else 0)
+
+
 def _check_dims(w: int, h: int):
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE and w * h <= MAX_PIXELS):
         raise ContainerError(f"image size {w}x{h} is out of range "
@@ -138,7 +144,7 @@ def unpack(data: bytes) -> CdrFile:
     if not 1 <= n <= MAX_NAME:
         raise ContainerError("corrupted .cdr header (model name length out of range)")
     off = _FIXED.size + n
-    head_end = off + _DIMS.size + (_QUALITY.size if version >= 2 else 0)
+    head_end = header_end(version, n)
     if len(data) < head_end + 4:
         raise ContainerError("truncated .cdr file (header cut short)")
     (crc,) = _U32.unpack_from(data, head_end)

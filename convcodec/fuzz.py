@@ -10,7 +10,7 @@ import random
 import struct
 import zlib
 
-from .container import _DIMS, _ENTRY, _FIXED
+from .container import _ENTRY, _FIXED, header_end
 
 
 def refresh_crcs(data: bytes) -> bytes:
@@ -18,7 +18,7 @@ def refresh_crcs(data: bytes) -> bytes:
     d = bytearray(data)
     if len(d) < _FIXED.size:
         return bytes(d)
-    he = _FIXED.size + d[6] + _DIMS.size
+    he = header_end(d[4], d[6])
     if len(d) >= he + 8:
         d[he:he + 4] = struct.pack("<I", zlib.crc32(bytes(d[:he])) & 0xFFFFFFFF)
         d[-4:] = struct.pack("<I", zlib.crc32(bytes(d[:-4])) & 0xFFFFFFFF)
@@ -30,8 +30,8 @@ def mutate(data: bytes, rnd: random.Random) -> bytes:
     d = bytearray(data)
     n = d[6]
     dims = _FIXED.size + n + 8                 # width, after the 8-byte digest
-    table = _FIXED.size + n + _DIMS.size + 4   # first group entry, after the header CRC
-    kind = rnd.randrange(9)
+    table = header_end(d[4], n) + 4            # first group entry, after the header CRC
+    kind = rnd.randrange(10)
     if kind == 0:                       # flip random bits anywhere
         for _ in range(rnd.randint(1, 8)):
             i = rnd.randrange(len(d))
@@ -62,6 +62,9 @@ def mutate(data: bytes, rnd: random.Random) -> bytes:
     if kind == 6:                       # version, flags, magic, name
         i = rnd.choice([0, 3, 4, 5, 6, 7])
         d[i] = rnd.randrange(256)
+        return refresh_crcs(bytes(d))
+    if kind == 9 and d[4] >= 2:         # the quality byte (version 2)
+        d[dims + 10] = rnd.choice([0, 1, 50, 100, 101, 255])
         return refresh_crcs(bytes(d))
     if kind == 7:                       # random bytes, sometimes with the magic
         b = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 200)))

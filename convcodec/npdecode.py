@@ -172,6 +172,6 @@ def can_decode(cdr: CdrFile, model: str | None = None, temperature: float = 0.0,
 def decode(cdr: CdrFile, model: str | None = None, steps: int | None = None) -> np.ndarray:
     """A version-2 .cdr file -> HxWx3 uint8, without torch (see can_decode)."""
     net, _, info = _net(model or cdr.header.model_name)
-    check_identity(cdr.header, info, net.G)
+    check_identity(cdr.header, info, net.G, bool(net.rate_knots))
     stored = len(cdr.chunks) if steps is None else max(0, min(int(steps), len(cdr.chunks)))
     return net.decode(cdr, stored)

@@ -169,8 +169,9 @@ def load_arrays(name_or_path: str | None = None):
     return _load_arrays(str(p.resolve()), p.stat().st_mtime)
 
 
-def check_identity(header, info: dict, num_groups: int):
-    """Refuse to decode a file with weights other than those it was made with."""
+def check_identity(header, info: dict, num_groups: int, variable_rate: bool = False):
+    """Refuse to decode a file with weights other than those it was made with,
+    or whose header does not fit that model."""
     from .container import ContainerError
     digest8 = bytes.fromhex(info["sha256"])[:8]
     if digest8 != header.model_digest:
@@ -179,6 +180,9 @@ def check_identity(header, info: dict, num_groups: int):
                          f"{info['name']!r} (weights {digest8.hex()}): cannot decode with a different model")
     if num_groups != header.groups_total:
         raise ContainerError("corrupted .cdr header (group count does not match the model)")
+    if variable_rate != (header.quality > 0):
+        raise ContainerError(f"corrupted .cdr header (quality {header.quality} for a "
+                             f"{'variable' if variable_rate else 'single'}-rate model)")
 
 
 def load_model(name_or_path: str | None = None):

@@ -31,6 +31,21 @@ def valid_files(tiny_model):
     return files
 
 
+@pytest.mark.parametrize("engine", ["torch", "numpy"])
+def test_fuzz_portable_files_bounded(tiny_vr, engine, monkeypatch):
+    """The same on version-2 files (exact scales, a quality byte), with both decoders."""
+    if engine == "numpy":
+        from convcodec import npdecode
+        monkeypatch.setattr(codec, "decode", lambda data, model: npdecode.decode(container.unpack(data), model))
+    files = [codec.encode(smooth_image(h, w, seed=i), model=tiny_vr, steps=t, quality=q).data
+             for i, (h, w, t, q) in enumerate([(21, 34, 5, 40), (8, 8, 1, 1), (1, 1, 5, 100)])]
+    rnd = random.Random(2027)
+    outcomes = {"refused": 0, "decoded": 0}
+    for i in range(3000):
+        outcomes[hostile_decode(mutate(files[i % len(files)], rnd), tiny_vr)] += 1
+    assert outcomes["refused"] > 1500 and outcomes["decoded"] > 0
+
+
 def hostile_decode(data, model):
     t0 = time.perf_counter()
     try:
