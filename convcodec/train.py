@@ -163,10 +163,18 @@ def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
 
 def _init_from(init: str, model) -> str:
     """Start from a shipped model. A tensor of the same name and shape is
-    copied whole; one of the same name whose shape differs (a prior head
-    that now gives only the mean, a wider layer) gets the overlapping
-    leading block, the rest keeping its fresh initialisation. Tensors the
-    source lacks (new modules) stay fresh. Reports how many were copied."""
+    copied whole; one of the same name whose shape differs gets the
+    overlapping leading block (how matnet-vr's prior heads, which give only
+    the mean, came from matnet-mid's), the rest keeping its fresh
+    initialisation; tensors the source lacks (new modules) stay fresh.
+
+    Wider layers keep the source's function (Net2Net-style widening): in a
+    convolution whose input grew, the weights from the new input channels
+    start at zero, and a GDN's new channels start uncoupled from the old
+    ones, so the new channels are computed but change nothing until trained
+    (tests/test_train.py checks it on g_s and g_a). A transposed convolution
+    cannot be widened this way and is refused."""
+    from .nets.layers import GDN
     from .zoo import load_model
     src, info = load_model(init)
     mine, theirs = model.state_dict(), src.state_dict()
@@ -178,10 +186,19 @@ def _init_from(init: str, model) -> str:
             if mine[k].shape == v.shape:
                 mine[k].copy_(v)
                 whole += v.numel()
-            else:
-                sl = tuple(slice(0, min(a, b)) for a, b in zip(mine[k].shape, v.shape))
-                mine[k][sl].copy_(v[sl])
-                block += mine[k][sl].numel()
+                continue
+            owner = model.get_submodule(k.rsplit(".", 1)[0]) if "." in k else model
+            if isinstance(owner, torch.nn.ConvTranspose2d):
+                raise ValueError(f"{k}: a transposed convolution cannot be widened")
+            sl = tuple(slice(0, min(a, b)) for a, b in zip(mine[k].shape, v.shape))
+            if isinstance(owner, torch.nn.Conv2d) and k.endswith("weight") and mine[k].shape[1] > v.shape[1]:
+                mine[k][:, v.shape[1]:] = 0                  # new inputs: no effect until trained
+            if isinstance(owner, GDN) and k.endswith("gamma"):
+                n = v.shape[0]
+                mine[k][:n, n:] = 0                          # old channels stay uncoupled from new ones
+                mine[k][n:, :n] = 0
+            mine[k][sl].copy_(v[sl])
+            block += mine[k][sl].numel()
     total = sum(v.numel() for v in mine.values())
     return (f"initialised {whole} of {total} parameters from {info['name']} ({info['sha256'][:12]}), "
             f"and {block} more as leading blocks of differently shaped tensors")

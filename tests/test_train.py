@@ -136,3 +136,25 @@ def test_compiled_blocks_match_eager_and_keep_the_checkpoint_keys(tmp_path):
     tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.01, warmup=2, ckpt_minutes=100, compile=True)
     train(TINY.to_dict(), tc, str(tmp_path / "run"), "c")
     zoo.load_model(str(tmp_path / "run" / "c.safetensors"))
+
+
+def test_init_widens_transforms_without_changing_them(tmp_path):
+    """--init into wider g_a / g_s (more channels inside, the same ends):
+    the new channels start disconnected, so the model computes what the
+    source did (the campaign keeps its progress when capacity grows)."""
+    from convcodec.nets.matnet import MatNet
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, make_tiny_vr
+    src_path = make_tiny_vr(tmp_path / "src")
+    src, _ = zoo.load_model(src_path)
+    wide = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "synthesis": [16, 12], "analysis": [12, 16, 8]}))
+    msg = _init_from(src_path, wide)
+    assert "leading blocks" in msg
+    wide.eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(src.begin(x), wide.begin(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        st, _ = src.init_state(1, 64, 96, quality=torch.tensor([0.3]))
+        st.h = torch.randn_like(st.h.repeat_interleave(4, -2).repeat_interleave(4, -1))
+        torch.testing.assert_close(src.render(st), wide.render(st), rtol=1e-5, atol=1e-6)
