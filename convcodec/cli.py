@@ -388,7 +388,7 @@ def models(show_all):
         rng = (f"{rd[0]['bpp']:.3f}-{rd[-1]['bpp']:.3f} bpp, {rd[0]['psnr']:.1f}-{rd[-1]['psnr']:.1f} dB "
                f"on Kodak" if rd else "not measured on Kodak")
         cfg = card.get("config", {})
-        groups = cfg.get("steps") or sum(cfg.get("groups", [])) or "?"
+        groups = cfg.get("steps") or sum(cfg.get("groups", [])) or cfg.get("levels") or "?"
         kind = ("variable rate (--quality 1..100), portable files" if cfg.get("rate_knots")
                 else "single rate, version-1 files (not portable)")
         flags = (["default"] if n == DEFAULT_MODEL else []) + [

@@ -207,7 +207,7 @@ def _init_from(init: str, model) -> str:
 # The entropy model's own parameters (quality gains, exact-scale networks)
 # learn faster: they are few, start from scratch when a model is extended,
 # and a plain rate term moves them slowly at the backbone's learning rate.
-FAST_PARAMS, FAST_LR_MULT = ("log_gain", "log_sigma0", "scale_nets."), 5.0
+FAST_PARAMS, FAST_LR_MULT = ("log_gain", "log_sigma", "prior_mu", "scale_nets."), 5.0
 
 
 def param_groups(model) -> list[dict]:

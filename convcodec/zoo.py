@@ -43,6 +43,9 @@ def _backbone(name: str):
     if name == "matnet":
         from .nets.matnet import MatNet, MatNetConfig
         return MatNetConfig, MatNet
+    if name == "vlae":
+        from .nets.vlae import VLAE, VLAEConfig
+        return VLAEConfig, VLAE
     raise ModelError(f"unknown backbone {name!r}")
 
 

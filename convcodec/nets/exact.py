@@ -137,8 +137,12 @@ class ExactScales:
         self.latent, self.groups, self.scale_of = latent, groups, scale_of
         self.log_width = [float(v) for v in np.asarray(state["log_width"], dtype=np.float64)]
         self.gain = (np.asarray(state["log_gain"], dtype=np.float64) if rate_knots else None)
-        self.log_sigma0 = to_grid(np.asarray(state["log_sigma0"], dtype=np.float64), ACT_BITS + WEIGHT_BITS)
-        self.nets = [ExactScaleNet(state, f"scale_nets.{g - 1}") for g in range(1, groups)]
+        if "log_sigma" in state:     # a flat prior (VLAE): a constant log scale per group and map
+            self.const = to_grid(np.asarray(state["log_sigma"], dtype=np.float64), ACT_BITS + WEIGHT_BITS)
+            self.nets = []
+        else:                        # group 0 constant, the others from their context networks
+            self.const = to_grid(np.asarray(state["log_sigma0"], dtype=np.float64), ACT_BITS + WEIGHT_BITS)[None]
+            self.nets = [ExactScaleNet(state, f"scale_nets.{g - 1}") for g in range(1, groups)]
         self._const: dict = {}
 
     def constants(self, u):
@@ -181,8 +185,8 @@ class ExactScales:
         from ..entropy import INV_LOG_STEP, NUM_SCALES
         b, hs, ws = shape
         offset = self.constants(u)[1][g].reshape(1, -1, 1, 1)
-        if g == 0:
-            log_sigma = np.broadcast_to(self.log_sigma0.reshape(1, -1, 1, 1), (b, self.latent, hs, ws))
+        if g < len(self.const):
+            log_sigma = np.broadcast_to(self.const[g].reshape(1, -1, 1, 1), (b, self.latent, hs, ws))
         else:
             log_sigma = self.nets[g - 1](self.context(g, hist, u, shape))
         v = np.round((log_sigma - offset) * INV_LOG_STEP)

@@ -25,7 +25,6 @@ scales and lets the prior regenerate the finer ones.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 from .exact import ExactScales
 from .layers import analysis, by_tiles, run_analysis, run_synthesis, synthesis
-from .rollout import LatentGroups, Prior, coder_scales
+from .rollout import LatentGroups, Prior, coder_scales, initial_gains, log_bin_width
 
 
 @dataclass
@@ -174,12 +173,7 @@ class MatNet(LatentGroups):
         # of the input: it defines the quantization grid of that map.
         self.log_width = nn.Parameter(torch.zeros(L))
         if cfg.rate_knots:
-            # Start near the high-rate rule w ~ lambda^-1/2, centred on the
-            # geometric middle of the lambda range (where an initial single-
-            # rate model was trained).
-            lo, hi = (math.log(v) for v in cfg.lambdas)
-            knots = torch.linspace(lo, hi, cfg.rate_knots) - 0.5 * (lo + hi)
-            self.log_gain = nn.Parameter((-0.5 * knots).view(-1, 1, 1).repeat(1, n, L).contiguous())
+            self.log_gain = nn.Parameter(initial_gains(cfg.lambdas, cfg.rate_knots, n, L))
         if cfg.exact_scales:
             # group 0 has no decoded context: a learned constant per map; group g > 0
             # sees |w k| of groups g-1 and g-2 (at its resolution) and the quality.
@@ -229,19 +223,6 @@ class MatNet(LatentGroups):
         mu, log_sigma = by_tiles(lambda h: self.prior_heads[st.g](h).float().chunk(2, 1), st.h, halo=2)
         return mu, log_sigma.clamp(-10, 10).exp()
 
-    # ---- variable rate: the bin width of a group at a quality ----
-    def _log_bin_width(self, g: int, u) -> torch.Tensor:
-        """log bin width per image and latent map, B x L (u: tensor of B)."""
-        lw = self.log_width.float()[None]
-        if not self.cfg.rate_knots:
-            return lw
-        k = self.cfg.rate_knots
-        pos = u.float().clamp(0, 1) * (k - 1)
-        i = pos.floor().clamp(max=k - 2).long()
-        f = (pos - i)[:, None]
-        table = self.log_gain[:, g].float()
-        return lw + table[i] * (1 - f) + table[i + 1] * f
-
     def exact(self) -> ExactScales:
         """The exact entropy model (convcodec.nets.exact) of these weights,
         rebuilt when any of them changed (training, load_state_dict)."""
@@ -265,7 +246,8 @@ class MatNet(LatentGroups):
         u = st.u
         if self.cfg.rate_knots and not torch.is_tensor(u):
             u = torch.full((st.h.shape[0],), float(u), device=st.h.device)
-        return self._log_bin_width(st.g, u).exp()[..., None, None]
+        gains = self.log_gain if self.cfg.rate_knots else None
+        return log_bin_width(self.log_width, gains, st.g, u).exp()[..., None, None]
 
     # ---- exact scales: context of decoded symbols -> scale index ----
     def _context(self, st: TopDownState) -> torch.Tensor:

@@ -19,6 +19,7 @@ model's ``prior_of``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,6 +93,30 @@ class LatentGroups(nn.Module):
         noisy = Noisy(self, ctx, enc, mixed)
         recon = walk(self, st, noisy, self.num_groups, prefixes=prefixes)
         return torch.stack(noisy.bits), recon
+
+
+def initial_gains(lambdas, knots: int, groups: int, latent: int) -> torch.Tensor:
+    """A variable-rate model's table of log bin-width gains (knot x group x
+    map), started at the high-rate rule w ~ lambda^-1/2 around the geometric
+    middle of the lambda range (where an initial single-rate model was trained)."""
+    lo, hi = (math.log(v) for v in lambdas)
+    k = torch.linspace(lo, hi, knots) - 0.5 * (lo + hi)
+    return (-0.5 * k).view(-1, 1, 1).repeat(1, groups, latent).contiguous()
+
+
+def log_bin_width(log_width: torch.Tensor, log_gain: torch.Tensor | None, g: int, u) -> torch.Tensor:
+    """Group g's log bin widths per image and latent map (B x L): the model's
+    log widths plus its gain table interpolated at each image's quality u
+    (a tensor of B values in [0, 1]); ``log_gain`` None: a single rate."""
+    lw = log_width.float()[None]
+    if log_gain is None:
+        return lw
+    k = log_gain.shape[0]
+    pos = u.float().clamp(0, 1) * (k - 1)
+    i = pos.floor().clamp(max=k - 2).long()
+    f = (pos - i)[:, None]
+    table = log_gain[:, g].float()
+    return lw + table[i] * (1 - f) + table[i + 1] * f
 
 
 def lambda_t(first: float, last: float, t: int, T: int) -> float:
