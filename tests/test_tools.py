@@ -161,3 +161,14 @@ def test_envelopes_per_backbone_name_their_points():
     assert [p["setting"] for p in env["convcodec (convdraw envelope)"]] == ["a steps 1", "b steps 1", "a steps 2"]
     assert compare.envelopes(agg, {"a": "convdraw"}) == {}             # one model: no envelope
     assert set(compare.envelopes(agg, {"a": "convdraw", "b": "convdraw"})) == {"convcodec (envelope)"}
+
+
+def test_probe_redraws_one_group_at_a_time(tiny_vr, tiny_model):
+    probe = _tool("probe")
+    rgb = smooth_image(40, 56, seed=3)
+    for m in (tiny_vr, tiny_model):
+        base, bits, redrawn = probe.probe(m, rgb, samples=2, temperature=1.0, quality=60)
+        assert base.shape == rgb.shape and len(bits) == len(redrawn) and all(b >= 0 for b in bits)
+        for g, pics in redrawn.items():
+            assert len(pics) == 2 and all(p.shape == rgb.shape for p in pics)
+        assert any(not np.array_equal(p, base) for pics in redrawn.values() for p in pics)
