@@ -5,7 +5,8 @@ time, from the snapshots a run exported (one per checkpoint).
 Each snapshot is swept over qualities (all groups stored; bits from real
 files) on every ``--every``-th Kodak image; its PSNR at 0.25, 0.5 and 1 bpp
 is interpolated on that curve (blank outside it). CPU-hours are the run's
-wall minutes times the threads it had.
+wall minutes times the threads it had (``--threads 2,76:1``: two, then one
+from minute 76).
 
     python tools/learning_curve.py runs/matnet-vr/snapshots --threads 2 \\
         --json docs/kodak/learning_curve.json --plot docs/kodak/learning_curve.png
@@ -45,7 +46,8 @@ def main():
     ap.add_argument("--images", default="../shared/data/kodak")
     ap.add_argument("--every", type=int, default=4, help="every N-th Kodak image")
     ap.add_argument("--qualities", default="1,25,50,75,100")
-    ap.add_argument("--threads", type=float, default=2, help="threads the run trained with")
+    ap.add_argument("--threads", default="2", help="threads the run trained with; a run that changed "
+                    "says so as THREADS[,FROM_MINUTE:THREADS...], e.g. 2,76:1")
     ap.add_argument("--stride", type=int, default=1, help="every N-th snapshot")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
@@ -56,6 +58,15 @@ def main():
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[::a.every]
     images = [load_image(p) for p in paths]
     qs = [int(q) for q in a.qualities.split(",")]
+    first, *changes = a.threads.split(",")
+    steps = [(0.0, float(first))] + [(float(m), float(t)) for m, t in (c.split(":") for c in changes)]
+
+    def cpu_hours(minutes: float) -> float:
+        """Minutes times the threads the run had at each point."""
+        total = 0.0
+        for (m0, th), (m1, _) in zip(steps, steps[1:] + [(float("inf"), 0.0)]):
+            total += max(0.0, min(minutes, m1) - m0) * th
+        return total / 60
     rows = []
     print(f"{len(images)} Kodak images (every {a.every}th), qualities {a.qualities}, all groups")
     print("| minutes | CPU-hours | " + " | ".join(f"PSNR at {r} bpp" for r in RATES) + " | bpp range |")
@@ -64,7 +75,7 @@ def main():
         minutes = float(re.search(r"min-([\d.]+)\.safetensors", s).group(1))
         pts = sweep(s, images, qs)
         at = {r: interp_curve([b for b, _ in pts], [p for _, p in pts], r) for r in RATES}
-        row = {"snapshot": os.path.basename(s), "minutes": minutes, "cpu_hours": round(minutes * a.threads / 60, 2),
+        row = {"snapshot": os.path.basename(s), "minutes": minutes, "cpu_hours": round(cpu_hours(minutes), 2),
                "points": pts, **{f"psnr_at_{r}": at[r] for r in RATES}}
         rows.append(row)
         cells = " | ".join("–" if at[r] is None else f"{at[r]:.2f}" for r in RATES)
@@ -82,7 +93,7 @@ def main():
             xs = [row["cpu_hours"] for row in rows if row[f"psnr_at_{r}"] is not None]
             ys = [row[f"psnr_at_{r}"] for row in rows if row[f"psnr_at_{r}"] is not None]
             ax.plot(xs, ys, "-o", ms=3, label=f"{r} bpp")
-        ax.set_xlabel("CPU-hours of this run (2-core CPU)"); ax.set_ylabel("Kodak PSNR (dB)")
+        ax.set_xlabel("CPU-hours of this run (thread-hours on a 2-core CPU)"); ax.set_ylabel("Kodak PSNR (dB)")
         ax.set_title(f"matnet-vr learning curve ({len(images)} Kodak images)")
         ax.grid(alpha=0.3); ax.legend(); fig.tight_layout(); fig.savefig(a.plot, dpi=120)
 
