@@ -381,7 +381,7 @@ def models(show_all):
     current = current_models(cards)
     hidden = 0
     for n, card in cards.items():
-        if n not in current and not show_all:
+        if n not in current and not show_all and not card.get("experimental"):
             hidden += 1
             continue
         rd = card.get("kodak", {}).get("quality_sweep") or card.get("kodak", {}).get("rd", [])
@@ -393,7 +393,9 @@ def models(show_all):
                 else "single rate, version-1 files (not portable)")
         flags = (["default"] if n == DEFAULT_MODEL else []) + [
             f"--model {fam}" for fam, m in FAMILY_DEFAULTS.items() if m == n]
-        if n not in current:
+        if card.get("experimental"):
+            flags.append("experimental: used only when named")
+        elif n not in current:
             flags.append(f"superseded by {card['superseded_by']}; "
                          + ("decode only: " if card.get("decode_only") else "") + "kept so that its files decode")
         flag = f" ({', '.join(flags)})" if flags else ""

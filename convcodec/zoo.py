@@ -114,9 +114,12 @@ def current_models(cards: dict[str, dict] | None = None) -> list[str]:
     search tries. A superseded model (its card names ``superseded_by``) stays
     installed so that the files made with it still decode: a file names the
     exact weights it needs. (Superseded by a model that is not installed, it
-    stays current.) ``cards``: ``installed_cards()``, when the caller has them."""
+    stays current.) An experimental model (its card says so: a backbone
+    still in its first training) is installed and listed, but only used when
+    named. ``cards``: ``installed_cards()``, when the caller has them."""
     cards = installed_cards() if cards is None else cards
-    return [n for n, card in cards.items() if card.get("superseded_by") not in cards]
+    return [n for n, card in cards.items()
+            if card.get("superseded_by") not in cards and not card.get("experimental")]
 
 
 def read_card(weights: Path) -> dict:

@@ -196,11 +196,12 @@ def test_version_help_and_models():
     assert __version__ in run("--version").output
     h = run("compress", "--help").output
     assert "Examples:" in h and "--max-bytes" in h and "Exit codes" in h
-    from convcodec.zoo import DEFAULT_MODEL, current_models, list_models
+    from convcodec.zoo import DEFAULT_MODEL, current_models, installed_cards, list_models
     r = run("models")
     assert r.exit_code == 0 and f"{DEFAULT_MODEL} (default" in r.output
     lines = [ln for ln in r.output.strip().splitlines() if not ln.startswith("(")]
-    assert len(lines) == len(current_models())
+    shown = set(current_models()) | {n for n, c in installed_cards().items() if c.get("experimental")}
+    assert len(lines) == len(shown)
     assert all(" bpp, " in line and "dB on Kodak" in line for line in lines)
     r = run("models", "--all")
     assert len(r.output.strip().splitlines()) == len(list_models())
