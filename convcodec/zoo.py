@@ -32,7 +32,7 @@ class ModelError(Exception):
 
 
 # A backbone's name picks its default model: ``--model matnet``.
-FAMILY_DEFAULTS = {"matnet": DEFAULT_MODEL}
+FAMILY_DEFAULTS = {"matnet": DEFAULT_MODEL, "vlae": "vlae-v1"}
 
 
 def _backbone(name: str):
