@@ -57,7 +57,7 @@ def compress(image: ImageLike, steps: int | None = None, model: str | None = Non
         image: a path, the bytes of an image file, a PIL image, or a numpy
             array (HxW, HxWx3 or HxWx4; uint8, or float in [0, 1]).
         quality: 1..100 for a variable-rate model (the default model is one;
-            default 75); higher means more bytes and a closer picture.
+            default 50); higher means more bytes and a closer picture.
         steps: latent groups to store (default: all the model has).
         model: model name (``convcodec.models()``) or path to a .safetensors file.
         max_bytes: write the best file that fits in this many bytes (never

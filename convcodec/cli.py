@@ -22,7 +22,7 @@ from .image import ImageError
 EXAMPLES = """
 \b
 Examples:
-  convcodec compress photo.png -o photo.cdr                # default model, quality 75
+  convcodec compress photo.png -o photo.cdr                # default model, quality 50
   convcodec compress photo.png -o photo.cdr --quality 40 --steps 6
   convcodec compress photo.png -o small.cdr --max-bytes 6000
   convcodec compress photos/ -o out/                # every image in a folder
@@ -178,7 +178,7 @@ def main():
               "[default: each INPUT with .cdr].")
 @click.option("--quality", type=click.IntRange(1, 100), default=None,
               help="Quality 1..100 of a variable-rate model (higher: more bytes, closer to the "
-              "original) [default: 75].")
+              "original) [default: 50].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Latent groups to store (more: higher quality, more bytes) [default: all].")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=None,

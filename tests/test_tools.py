@@ -80,10 +80,11 @@ def test_small_run_writes_everything(tmp_path, tiny_model, tiny_vr, monkeypatch)
     res = json.loads((out / "results.json").read_text())
     assert {"JPEG", "JPEG 4:4:4", "JPEG2000", "JPEG2000 (no MCT)", "WebP", "AVIF"} <= set(res["codecs"])
     conv = {k for k in res["codecs"] if k.startswith("convcodec") and "envelope" not in k}
-    assert conv == {f"convcodec {tiny_vr}", f"convcodec {tiny_vr} (q75 prefixes)",
-                    f"convcodec {tiny_vr} T=1 (q75 prefixes)", f"convcodec {tiny_model}"}
+    dq = compare.codec.DEFAULT_QUALITY
+    assert conv == {f"convcodec {tiny_vr}", f"convcodec {tiny_vr} (q{dq} prefixes)",
+                    f"convcodec {tiny_vr} T=1 (q{dq} prefixes)", f"convcodec {tiny_model}"}
     sweep = res["codecs"][f"convcodec {tiny_vr}"]            # the quality sweep, all groups
-    assert {p["setting"] for p in sweep} == {f"q{q}" for q in compare.QUALITIES if q != 75} | {"q75 steps 5"}
+    assert {p["setting"] for p in sweep} == {f"q{q}" for q in compare.QUALITIES if q != dq} | {f"q{dq} steps 5"}
     for pts in res["codecs"].values():
         for p in pts:
             assert {"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"} <= set(p)

@@ -224,7 +224,7 @@ def main():
                     rows.append(row(f"convcodec {m}", f"q{q}", img, rgb, len(enc.data), dec, te,
                                     time.perf_counter() - t0, model=m))
             # every number of groups (at the default quality for a variable-rate
-            # model: its q75 row is the prefix of all groups)
+            # model: its row at that quality is the prefix of all groups)
             t0 = time.perf_counter()
             full = codec.encode(rgb, model=m)
             te = time.perf_counter() - t0
