@@ -286,7 +286,7 @@ def card_curves(names: str, n_images: int) -> dict:
         return {}
     cards = installed_cards()
     if names == "superseded":
-        names = ",".join(n for n in cards if n not in current_models(cards))
+        names = ",".join(n for n in cards if n not in current_models(cards) and not cards[n].get("experimental"))
     out = {}
     for n in names.split(","):
         k = cards[n].get("kodak") or {}
