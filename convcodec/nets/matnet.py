@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .exact import ExactScales
 from .layers import analysis, by_tiles, run_analysis, run_synthesis, synthesis
-from .rollout import LatentGroups, Prior, coder_scales, initial_gains, log_bin_width
+from .rollout import LatentGroups, Prior, coder_scales, initial_gains
 
 
 @dataclass
@@ -139,6 +139,13 @@ class ScaleNet(nn.Module):
         return self.c3(F.relu(self.c2(F.relu(self.c1(ctx)))))
 
 
+def run_residuals(blocks, h: torch.Tensor) -> torch.Tensor:
+    """A stack of Residual modules applied to h alone (Eq. 9)."""
+    for b in blocks:
+        h = b(h, h)
+    return h
+
+
 def _up(ch):
     return nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1)
 
@@ -209,8 +216,7 @@ class MatNet(LatentGroups):
         for s, blocks in enumerate(self.bu):
             if s > 0:
                 h = self.down[s - 1](h)
-            for blk in blocks:
-                h = blk(h, h)
+            h = run_residuals(blocks, h)
             feats.append(h.float())
         return feats[::-1]
 
@@ -240,14 +246,7 @@ class MatNet(LatentGroups):
     def bin_width(self, st: TopDownState, coding: bool = False) -> torch.Tensor:
         """Group st.g's bin width per latent map, broadcastable to a latent map
         (when coding with exact scales: the width on the grid, as the file uses)."""
-        if coding and self.cfg.exact_scales:
-            w = self.exact().constants(st.u)[0][st.g]
-            return torch.tensor(w, dtype=torch.float32, device=st.h.device).view(1, -1, 1, 1)
-        u = st.u
-        if self.cfg.rate_knots and not torch.is_tensor(u):
-            u = torch.full((st.h.shape[0],), float(u), device=st.h.device)
-        gains = self.log_gain if self.cfg.rate_knots else None
-        return log_bin_width(self.log_width, gains, st.g, u).exp()[..., None, None]
+        return self.quality_bin_width(st.g, st.u, st.h.shape[0], st.h.device, coding)
 
     # ---- exact scales: context of decoded symbols -> scale index ----
     def _context(self, st: TopDownState) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .layers import gaussian_bits
 
-SYMBOL_MAX = 1023          # offsets are clamped to [-SYMBOL_MAX, SYMBOL_MAX] (the coder's alphabet)
+from ..entropy import SYMBOL_MAX      # the coder's alphabet: offsets in [-SYMBOL_MAX, SYMBOL_MAX]
 
 
 @dataclass
@@ -70,6 +70,19 @@ class LatentGroups(nn.Module):
 
     def bin_width(self, st, coding: bool = False) -> torch.Tensor:
         return self.width()
+
+    def quality_bin_width(self, g: int, u, batch: int, device, coding: bool) -> torch.Tensor:
+        """Group g's bin widths at quality u, for backbones with a gain table
+        (``log_gain``) or exact scales: when coding with exact scales the
+        file's widths (on the fixed-point grid, from ``self.exact()``), else
+        the float ones training differentiates."""
+        if coding and getattr(self.cfg, "exact_scales", False):
+            w = self.exact().constants(u)[0][g]
+            return torch.tensor(w, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        if self.cfg.rate_knots and not torch.is_tensor(u):
+            u = torch.full((batch,), float(u), device=device)
+        gains = self.log_gain if self.cfg.rate_knots else None
+        return log_bin_width(self.log_width, gains, g, u).exp()[..., None, None]
 
     def prior_of(self, st, coding: bool) -> Prior:
         """The float prior's mean and scale; when coding, the scale snapped

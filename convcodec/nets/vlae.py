@@ -29,8 +29,8 @@ import torch.nn as nn
 
 from .exact import ExactScales
 from .layers import analysis, run_analysis, run_synthesis, synthesis
-from .matnet import Residual
-from .rollout import LatentGroups, Prior, coder_scales, initial_gains, log_bin_width
+from .matnet import Residual, run_residuals
+from .rollout import LatentGroups, Prior, coder_scales, initial_gains
 
 
 @dataclass
@@ -79,12 +79,6 @@ class GenState:
 
 def _stack(ch: int, n: int) -> nn.ModuleList:
     return nn.ModuleList(Residual(ch, ch) for _ in range(n))
-
-
-def _run(blocks: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
-    for b in blocks:
-        h = b(h, h)
-    return h
 
 
 class VLAE(LatentGroups):
@@ -136,7 +130,7 @@ class VLAE(LatentGroups):
         for l, blocks in enumerate(self.ladder):
             if l > 0:
                 h = self.down[l - 1](h)
-            h = _run(blocks, h)
+            h = run_residuals(blocks, h)
             feats.append(h.float())
         return feats
 
@@ -164,7 +158,7 @@ class VLAE(LatentGroups):
             h = v
         else:
             h = self.merge_in[l](torch.cat([self.up[l](st.h), v], 1))
-        h = _run(self.gen[l], h).float()
+        h = run_residuals(self.gen[l], h).float()
         return GenState(h, st.g + 1, st.u, st.shape, st.device, st.hist)
 
     def render(self, st: GenState) -> torch.Tensor:
@@ -186,14 +180,7 @@ class VLAE(LatentGroups):
         return self._exact_cache["exact"]
 
     def bin_width(self, st: GenState, coding: bool = False) -> torch.Tensor:
-        if coding:
-            w = self.exact().constants(st.u)[0][st.g]
-            return torch.tensor(w, dtype=torch.float32, device=st.device).view(1, -1, 1, 1)
-        u = st.u
-        if self.cfg.rate_knots and not torch.is_tensor(u):
-            u = torch.full((st.shape[0],), float(u), device=st.device)
-        gains = self.log_gain if self.cfg.rate_knots else None
-        return log_bin_width(self.log_width, gains, st.g, u).exp()[..., None, None]
+        return self.quality_bin_width(st.g, st.u, st.shape[0], st.device, coding)
 
     def prior_of(self, st: GenState, coding: bool) -> Prior:
         mu, sigma = self.prior(st)
@@ -201,7 +188,4 @@ class VLAE(LatentGroups):
             idx = self.exact().index(st.g, [], st.u, self._shape(st))
             return Prior(mu, coder_scales(torch.from_numpy(idx).to(mu.device)), idx)
         return Prior(mu, sigma / self.bin_width(st, False), None)
-
-    def step(self, st: GenState, z: torch.Tensor, k, coding: bool) -> GenState:
-        return self.update(st, z)
 
