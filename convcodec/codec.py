@@ -66,6 +66,12 @@ def is_portable(net) -> bool:
     return bool(getattr(net.cfg, "exact_scales", False))
 
 
+def coding_net(net):
+    """The network the codec walks: for a portable model its fixed-point
+    decoder (the same pixels on every machine, convcodec.nets.fixed)."""
+    return net.coder() if is_portable(net) else net
+
+
 def is_variable_rate(net) -> bool:
     return bool(getattr(net.cfg, "rate_knots", 0))
 
@@ -142,10 +148,11 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
         ph, pw = x01.shape[-2:]
         ctx = net.begin(x01)
         state = {}
+        coder = coding_net(net)
 
         def guess(st, prior, wd):
             """The encoder network's offsets (bins from the prior mean), unrounded."""
-            mu_q, state["enc"] = net.posterior(ctx, st, state["enc"])
+            mu_q, state["enc"] = coder.posterior(ctx, st, state["enc"])
             return (mu_q - prior.mu) / wd
 
         pick = lambda g, st, prior, wd: guess(st, prior, wd)
@@ -157,7 +164,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
                 return quantize(start[-1]).to(torch.int32).cpu().numpy()
 
             st0, state["enc"] = _start(net, 1, ph, pw, dev, quality)
-            walk(net, st0, Coded(first_guess), stored, coding=True, render=False)
+            walk(coder, st0, Coded(first_guess), stored, coding=True, render=False)
             with torch.inference_mode(False):
                 chosen = refine_offsets(net, x01, h, w, start, refine, lmbda, quality)
             pick = lambda g, st, prior, wd: chosen[g]
@@ -173,7 +180,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
             return k
 
         st, state["enc"] = _start(net, 1, ph, pw, dev, quality)
-        out = walk(net, st, Coded(take), stored, coding=True, render=reconstruct)
+        out = walk(coder, st, Coded(take), stored, coding=True, render=reconstruct)
     header = Header(info["name"], _digest8(info), w, h, net.num_groups, stored, quality, version)
     cdr = CdrFile(header, chunks, crcs)
     encoded = Encoded(pack(cdr), cdr, est, info["name"])
@@ -204,6 +211,7 @@ def _decode_batch(net, cdrs: list[CdrFile], stored: int, temperature: float, see
     def take(g, st, prior, wd):
         return np.stack([_read_group(c, g, prior.idx[b]) for b, c in enumerate(cdrs)])
 
+    net = coding_net(net)
     gens = [torch.Generator().manual_seed(sd) for sd in seeds]
     with torch.inference_mode():
         st, _ = _start(net, len(cdrs), ph, pw, dev, hd.quality)

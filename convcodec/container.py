@@ -25,7 +25,11 @@ All integers are little-endian. Version 2 layout (version 1 below it):
 
 Version 2 means the portable entropy model: every scale index the coder
 used was computed in exact fixed-point arithmetic (convcodec.nets.exact), so
-the file decodes to the same symbols on every machine. Version 1 (the
+the file decodes to the same symbols on every machine; and its picture is
+defined by the fixed-point reconstruction (convcodec.nets.fixed), so the
+same pixels on every machine. (The bitstream did not change when the
+reconstruction became fixed point: files written before decode to the
+same symbols, their pixels now the same everywhere.) Version 1 (the
 float-prior models of convcodec 0.1) has no quality byte (the header CRC
 covers [0, 25+n)); its scales came from float arithmetic, so a machine with
 another instruction set may fail to decode it (the symbol CRCs catch that).

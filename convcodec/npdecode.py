@@ -6,9 +6,9 @@ This module decodes version-2 files of MatNet models (exact scales) with
 numpy alone: the same group loop as ``nets.rollout.walk`` at temperature 0,
 the same exact entropy model (``nets.exact.ExactScales``, one implementation
 for both decoders, so the symbols are those of the file on any machine), and
-the float layers of the top-down path and ``g_s`` written with numpy's
-matrix products. Its pixels match the torch decoder's to within one level
-in a few values, as between two machines (tests/test_npdecode.py checks it).
+the fixed-point reconstruction of ``nets.fixed`` (the top-down path and
+``g_s``) in numpy's float64, whose sums are exact: its pixels are the torch
+decoder's, bit for bit, on any machine (tests/test_npdecode.py checks it).
 
 Used by ``convcodec decompress`` (``--engine auto``) for portable files on
 the CPU at temperature 0, up to MAX_PIXELS; everything else (sampling at a
@@ -20,50 +20,17 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .container import CdrFile
 from .entropy import read_group
-from .nets.exact import ExactScales
+from .nets.exact import ExactConv, ExactScales, FixedConvTranspose, FixedGDN, fixed_conv
 from .zoo import ModelError, check_identity, load_arrays
 
 MAX_PIXELS = 4_000_000     # larger images go to the torch decoder, which works in tiles
-_COLS_BYTES = 64 << 20     # im2col working set per band of rows
 
 
 def _lrelu(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, x, np.float32(0.1) * x)
-
-
-def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Conv2d, stride 1, 'same' zero padding; x: C x H x W float32. im2col in
-    bands of rows (bounded memory) and one matrix product per band."""
-    o, c, k, _ = w.shape
-    p = k // 2
-    _, h, wd = x.shape
-    xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
-    wm = w.reshape(o, c * k * k)
-    out = np.empty((o, h, wd), dtype=np.float32)
-    rows = max(1, _COLS_BYTES // (4 * c * k * k * wd))
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        win = sliding_window_view(xp[:, r0:r1 + 2 * p], (k, k), axis=(1, 2))   # C x R x W x k x k
-        cols = win.transpose(0, 3, 4, 1, 2).reshape(c * k * k, (r1 - r0) * wd)
-        out[:, r0:r1] = (wm @ cols).reshape(o, r1 - r0, wd)
-    out += b.reshape(-1, 1, 1)
-    return out
-
-
-def _conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """ConvTranspose2d(kernel 4, stride 2, padding 1): C x H x W -> C' x 2H x 2W."""
-    cin, cout, k, _ = w.shape
-    _, h, wd = x.shape
-    full = np.zeros((cout, 2 * h + 2, 2 * wd + 2), dtype=np.float32)
-    xf = x.reshape(cin, h * wd)
-    for i in range(k):
-        for j in range(k):
-            full[:, i:i + 2 * h:2, j:j + 2 * wd:2] += (w[:, :, i, j].T @ xf).reshape(cout, h, wd)
-    return full[:, 1:2 * h + 1, 1:2 * wd + 1] + b.reshape(-1, 1, 1)
 
 
 def _pixel_shuffle(x: np.ndarray) -> np.ndarray:
@@ -72,15 +39,10 @@ def _pixel_shuffle(x: np.ndarray) -> np.ndarray:
     return x.reshape(c, 2, 2, h, w).transpose(0, 3, 1, 4, 2).reshape(c, 2 * h, 2 * w)
 
 
-def _igdn(x: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
-    c, h, w = x.shape
-    sq = (x * x).reshape(c, h * w)
-    norm = np.sqrt(np.abs(gamma) @ sq + (np.abs(beta) + np.float32(1e-6)).reshape(-1, 1))
-    return x * norm.reshape(c, h, w)
-
-
 class NumpyMatNet:
-    """The decoder half of a MatNet with exact scales, from its weights."""
+    """The decoder half of a MatNet with exact scales, from its weights: the
+    fixed-point layers of nets.fixed, in numpy (nets.exact.fixed_*), and the
+    float32 elementwise steps of nets.matnet between them."""
 
     def __init__(self, state: dict, cfg: dict):
         self.s = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
@@ -94,9 +56,16 @@ class NumpyMatNet:
             self.scale_of += [s] * k
             self.last_of_scale += [False] * (k - 1) + [True]
         self.exact = ExactScales(state, self.latent, self.G, self.scale_of, self.rate_knots)
+        self._layers: dict = {}
+
+    def _layer(self, name: str, make):
+        if name not in self._layers:
+            self._layers[name] = make()
+        return self._layers[name]
 
     def conv(self, name: str, x):
-        return _conv(x, self.s[f"{name}.weight"], self.s[f"{name}.bias"])
+        c = self._layer(name, lambda: ExactConv(self.s[f"{name}.weight"], self.s[f"{name}.bias"]))
+        return fixed_conv(c, x)
 
     def prior_mean(self, g: int, h):
         return self.conv(f"prior_heads.{g}.2", _lrelu(self.conv(f"prior_heads.{g}.0", h)))
@@ -105,8 +74,9 @@ class NumpyMatNet:
         inp = np.concatenate([h, z.astype(np.float32)], 0)
         h = _lrelu(h + self.conv(f"td.{g}.c2", _lrelu(self.conv(f"td.{g}.c1", inp))))
         if self.last_of_scale[g] and g + 1 < self.G:
-            s = self.scale_of[g]
-            h = _conv_transpose(h, self.s[f"up_t.{s}.weight"], self.s[f"up_t.{s}.bias"])
+            name = f"up_t.{self.scale_of[g]}"
+            h = self._layer(name, lambda: FixedConvTranspose(self.s[f"{name}.weight"],
+                                                               self.s[f"{name}.bias"]))(h)
         return h
 
     def render(self, h):
@@ -115,7 +85,9 @@ class NumpyMatNet:
         for i in range(n):
             x = _pixel_shuffle(self.conv(f"g_s.{3 * i}", x))
             if i < n - 1:
-                x = _igdn(x, self.s[f"g_s.{3 * i + 2}.beta"], self.s[f"g_s.{3 * i + 2}.gamma"])
+                name = f"g_s.{3 * i + 2}"
+                x = self._layer(name, lambda: FixedGDN(self.s[f"{name}.beta"],
+                                                       self.s[f"{name}.gamma"]))(x)
         return x + np.float32(0.5)
 
     def decode(self, cdr: CdrFile, stored: int) -> np.ndarray:

@@ -204,6 +204,8 @@ def _init_from(init: str, model) -> str:
             f"and {block} more as leading blocks of differently shaped tensors")
 
 
+MAX_STEP_SECONDS = 300.0     # the most one training step counts (see the loop)
+
 # The entropy model's own parameters (quality gains, exact-scale networks)
 # learn faster: they are few, start from scratch when a model is extended,
 # and a plain rate term moves them slowly at the backbone's learning rate.
@@ -497,7 +499,10 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         else:
             log.add(lv, terms)
         run.step += 1
-        run.elapsed += _mean_over_processes(time.time() - t0, world, dev)
+        # A step counts at most MAX_STEP_SECONDS: a process paused for a
+        # benchmark (SIGSTOP) must not spend the schedule or inflate the card's
+        # training time (the first step's compilation stays well inside it).
+        run.elapsed += _mean_over_processes(min(time.time() - t0, MAX_STEP_SECONDS), world, dev)
         log.tick(run.step, run.elapsed, run.opt.param_groups[0]["lr"])
         if run.elapsed >= next_ckpt:
             save()

@@ -38,16 +38,13 @@ def test_tiled_roundtrip(monkeypatch, tiny_model):
 
 def test_per_group_networks_in_tiles_match_whole_maps(monkeypatch, tiny_model, tiny_matnet, tiny_vr):
     """prior / posterior / update run in tiles on big latent maps: the
-    files and pictures are those of one pass over the whole map (the exact
-    scales too, whose convolutions run in bands of rows)."""
-    from convcodec.nets import exact
+    files and pictures are those of one pass over the whole map (exactly,
+    also for the fixed-point decoder of the portable model)."""
     rgb = smooth_image(200, 72)
     for m in (tiny_model, tiny_matnet, tiny_vr):
-        monkeypatch.setattr(exact, "_COLS_BYTES", 1 << 30)
         monkeypatch.setattr(cd, "TILE_POSITIONS", 10 ** 9)
         enc_w, rec_w = codec.encode(rgb, model=m, reconstruct=True)
         monkeypatch.setattr(cd, "TILE_POSITIONS", 4)      # tiles of 4x4 latent positions
-        monkeypatch.setattr(exact, "_COLS_BYTES", 1)       # exact convolutions one row at a time
         enc_b, rec_b = codec.encode(rgb, model=m, reconstruct=True)
         assert enc_b.data == enc_w.data
         np.testing.assert_array_equal(rec_b, rec_w)
@@ -64,3 +61,15 @@ def test_tile_spans_cover_evenly_and_stay_on_the_grid():
             assert all(a % align == 0 and 0 < b - a <= tile for a, b in spans)
             lengths = [b - a for a, b in spans]
             assert len(spans) == -(-n_al // tile) and max(lengths) - min(lengths) <= align
+
+
+def test_fixed_point_decoder_in_tiles_is_bit_identical(monkeypatch, tiny_vr):
+    """The portable model's decoder is exact: g_s in tiles of 64 pixels gives
+    the very pixels of one pass (a float g_s may differ by a level there)."""
+    rgb = smooth_image(203, 181)
+    monkeypatch.setattr(cd, "TILE_PIXELS", 64)
+    monkeypatch.setattr(cd, "TILE_POSITIONS", 4)
+    enc, rec = codec.encode(rgb, model=tiny_vr, reconstruct=True)
+    monkeypatch.setattr(cd, "TILE_PIXELS", 10 ** 9)
+    monkeypatch.setattr(cd, "TILE_POSITIONS", 10 ** 9)
+    np.testing.assert_array_equal(codec.decode(enc.data, model=tiny_vr), rec)

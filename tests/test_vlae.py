@@ -77,3 +77,16 @@ def test_training_runs_and_exports(tmp_path):
     assert net.cfg.backbone == "vlae"
     enc = codec.encode(smooth_image(32, 32), model=str(tmp_path / "run" / "v.safetensors"), quality=50)
     assert unpack(enc.data).header.quality == 50
+
+
+def test_the_generator_runs_in_fixed_point(tiny_vlae):
+    """The VLAE's decoder (v, merge_in, gen, up, g_s) is fixed point when
+    coding: the encoder's reconstruction is the decoded picture, bit for bit."""
+    from convcodec.nets.fixed import FixedConv2d, FixedConvTranspose2d
+    net, _ = zoo.load_model(tiny_vlae)
+    twin = net.coder()
+    assert isinstance(twin.v[0], FixedConv2d) and isinstance(twin.up[0], FixedConvTranspose2d)
+    assert isinstance(twin.gen[0][0].c2, FixedConv2d) and not isinstance(twin.q_heads[0], FixedConv2d)
+    rgb = smooth_image(40, 24)
+    enc, rec = codec.encode(rgb, model=tiny_vlae, reconstruct=True)
+    assert np.array_equal(codec.decode(enc.data, model=tiny_vlae), rec)

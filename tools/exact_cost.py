@@ -1,22 +1,23 @@
 #!/usr/bin/env python3
-"""What the exact (portable) scale arithmetic costs, against the same scale
-networks evaluated in float32: bytes and decode time.
+"""What portability costs: the exact entropy model and the fixed-point
+reconstruction against the float path they replace, in bytes, PSNR and
+decode time.
 
-For each image and quality the file is written twice with the same symbols
-(the offsets do not depend on the scales): once with the exact fixed-point
-scale indices (what convcodec writes), once with indices snapped from the
-float32 twin of the same networks (what a float entropy model would code;
-not portable). The PSNR is the same by construction, so the BD-rate cost is
-the change in bytes. Decode time: each file decoded with its own indices
-(the float twin's decodes on the machine that wrote it), the whole decode
-and the part spent on scale indices: exact (float64 fixed point, numpy)
-against float32 (torch).
+Each image and quality is coded three ways with the same model:
 
-    python tools/exact_cost.py --images ../shared/data/kodak --limit 6 --json results/exact_cost.json
+    float      float32 scale indices (the scale networks' float twin) and
+               the float decoder layers: the non-portable path
+    scales     exact scale indices, float decoder layers: the same symbols
+               on every machine, pixels within a level (last session's codec)
+    portable   exact scale indices and the fixed-point decoder
+               (convcodec.nets.fixed): the same pixels on every machine,
+               what convcodec writes
 
-What it does not measure: the cost of taking the scales from decoded
-symbols instead of from the decoder's float state (the architecture of the
-portable prior); that needs a float twin of the model trained as long.
+Each file is decoded with its own arithmetic on this machine. BD-rate (PSNR
+against real bytes, over the qualities) of scales and portable against float,
+and median decode times (in process, after a warm-up).
+
+    python tools/exact_cost.py --images ../shared/data/kodak --limit 24 --json docs/kodak/exact_cost.json
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch
 
 from convcodec import codec
 from convcodec.image import load_image
+from convcodec.metrics import bd_rate, psnr
 from convcodec.nets.exact import ExactScales
 from convcodec.zoo import load_model
 
@@ -58,60 +60,81 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--images", default="../shared/data/kodak")
     ap.add_argument("--limit", type=int, default=6)
-    ap.add_argument("--qualities", default="10,50,90")
+    ap.add_argument("--qualities", default="1,25,50,75,100")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     net, info = load_model(a.model)
     if not codec.is_portable(net):
         raise SystemExit(f"{info['name']} has no exact scales")
     paths = sorted(glob.glob(os.path.join(a.images, "*.png")))[: a.limit]
     scales = net.exact()
-    exact_index = scales.index
-    timer = {"s": 0.0}
-
-    def timed(fn):
-        def run(*args):
-            t0 = time.perf_counter()
-            out = fn(*args)
-            timer["s"] += time.perf_counter() - t0
-            return out
-        return run
-
+    exact_index, fixed_net = scales.index, codec.coding_net
+    kinds = {"float": (float_index(net, scales), lambda n: n),
+             "scales": (exact_index, lambda n: n),
+             "portable": (exact_index, fixed_net)}
+    qualities = [int(v) for v in a.qualities.split(",")]
     rows = []
-    for q in [int(v) for v in a.qualities.split(",")]:
+    for q in qualities:
         for p in paths:
             rgb = load_image(p)
             r = {"image": os.path.basename(p), "quality": q}
-            # Each kind encodes and decodes with its own indices: the float
-            # twin's file decodes here, on the machine that wrote it.
-            for kind, fn in (("exact", exact_index), ("float", float_index(net, scales))):
-                scales.index = timed(fn)
-                enc = codec.encode(rgb, model=a.model, quality=q)
-                timer["s"] = 0.0
-                t0 = time.perf_counter()
-                codec.decode(enc.data, model=a.model)
-                r[f"{kind}_decode_s"] = time.perf_counter() - t0
-                r[f"{kind}_index_s"] = timer["s"]
+            for kind, (index, walker) in kinds.items():
+                scales.index, codec.coding_net = index, walker
+                try:
+                    enc = codec.encode(rgb, model=a.model, quality=q)
+                    codec.decode(enc.data, model=a.model)                     # warm-up
+                    t0 = time.perf_counter()
+                    out = codec.decode(enc.data, model=a.model)
+                    r[f"{kind}_decode_s"] = time.perf_counter() - t0
+                finally:
+                    scales.index, codec.coding_net = exact_index, fixed_net
                 r[f"{kind}_bytes"] = len(enc.data)
-            scales.index = exact_index
+                r[f"{kind}_psnr"] = psnr(rgb, out)
             rows.append(r)
-            print(f"q{q} {r['image']}: exact {r['exact_bytes']} B, float {r['float_bytes']} B "
-                  f"({100 * (r['exact_bytes'] / r['float_bytes'] - 1):+.2f}%); decode exact "
-                  f"{r['exact_decode_s']:.3f} s (indices {r['exact_index_s']:.3f}), float "
-                  f"{r['float_decode_s']:.3f} s (indices {r['float_index_s']:.3f})")
-    eb, fb = sum(r["exact_bytes"] for r in rows), sum(r["float_bytes"] for r in rows)
-    res = {"model": info["name"], "images": len(paths), "rows": rows,
-           "bytes_exact_vs_float_pct": round(100 * (eb / fb - 1), 3),
-           **{f"{k}_median": float(np.median([r[k] for r in rows]))
-              for k in ("exact_index_s", "float_index_s", "exact_decode_s", "float_decode_s")}}
-    print(f"\n{info['name']}, {len(paths)} images x qualities {a.qualities}: exact files are "
-          f"{res['bytes_exact_vs_float_pct']:+.3f}% bytes against the float twin's; a decode takes "
-          f"{res['exact_decode_s_median']:.3f} s exact ({res['exact_index_s_median']:.3f} s of it the scale "
-          f"indices) vs {res['float_decode_s_median']:.3f} s float ({res['float_index_s_median']:.3f} s; medians)")
+            print(f"q{q} {r['image']}: " + "; ".join(
+                f"{k} {r[k + '_bytes']} B {r[k + '_psnr']:.3f} dB {r[k + '_decode_s']:.3f} s" for k in kinds),
+                flush=True)
+
+    def curve(kind):
+        pts = []
+        for q in qualities:
+            sel = [r for r in rows if r["quality"] == q]
+            pix = sum(load_shape(paths, r["image"]) for r in sel)
+            pts.append((8 * sum(r[f"{kind}_bytes"] for r in sel) / pix,
+                        float(np.mean([r[f"{kind}_psnr"] for r in sel]))))
+        return sorted(pts)
+
+    res = {"model": info["name"], "sha256": info["sha256"], "images": len(paths), "qualities": qualities,
+           "threads": torch.get_num_threads(), "rows": rows,
+           "curves": {k: curve(k) for k in kinds}}
+    for k in ("scales", "portable"):
+        res[f"bd_rate_{k}_vs_float_pct"] = bd_rate(res["curves"]["float"], res["curves"][k])
+        res[f"bytes_{k}_vs_float_pct"] = round(100 * (sum(r[f"{k}_bytes"] for r in rows)
+                                                       / sum(r["float_bytes"] for r in rows) - 1), 3)
+    for k in kinds:
+        res[f"{k}_decode_s_median"] = float(np.median([r[f"{k}_decode_s"] for r in rows]))
+    f = res["float_decode_s_median"]
+    print(f"\n{info['name']}, {len(paths)} images x qualities {a.qualities}, {res['threads']} threads:")
+    for k in ("scales", "portable"):
+        bd = res[f"bd_rate_{k}_vs_float_pct"]
+        bd = "n/a" if bd is None else f"{bd:+.3f}%"
+        print(f"  {k:9} BD-rate vs float {bd}, bytes {res[f'bytes_{k}_vs_float_pct']:+.3f}%, decode "
+              f"{res[f'{k}_decode_s_median']:.3f} s vs {f:.3f} s ({100 * (res[f'{k}_decode_s_median'] / f - 1):+.0f}%)")
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+def load_shape(paths, name) -> int:
+    """Pixels of the image called ``name``."""
+    from PIL import Image
+    p = next(p for p in paths if os.path.basename(p) == name)
+    w, h = Image.open(p).size
+    return w * h
 
 
 if __name__ == "__main__":

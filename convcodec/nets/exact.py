@@ -34,13 +34,13 @@ import decimal
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 ACT_BITS = 12                  # activations on a 2^-12 grid
 WEIGHT_BITS = 14               # weights on a 2^-14 grid
 ACT_MAX = float(2 ** 15)       # activations are clamped to +-ACT_MAX
+RECON_MAX = float(2 ** 11)     # the reconstruction's activations (nets.fixed): exact in float32
+SQ_MAX = float(2 ** 16)        # its inverse GDN's squares are clamped to SQ_MAX
 _SUM_LIMIT = 2.0 ** (53 - ACT_BITS - WEIGHT_BITS)   # |partial sums| below this are exact
-_COLS_BYTES = 64 << 20         # im2col working set per band of rows
 MIN_WIDTH_STEPS = 4            # a bin width is at least 4 grid steps (2^-10)
 
 _CTX = decimal.Context(prec=40)
@@ -97,9 +97,9 @@ def single_threaded_blas():
 
 class ExactConv:
     """A trained Conv2d (stride 1, 'same' padding) in fixed point, evaluated
-    in float64 as a matrix product over im2col columns (a plain sum of
-    products: exact). Refuses weights whose worst-case sum could leave the
-    exactly representable range."""
+    in float64 as one matrix product per tap (a plain sum of products:
+    exact). Refuses weights whose worst-case sum could leave the exactly
+    representable range."""
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
         w = to_grid(np.asarray(weight, dtype=np.float64), WEIGHT_BITS)
@@ -108,24 +108,27 @@ class ExactConv:
         if worst >= _SUM_LIMIT:
             raise ValueError(f"weights too large for exact fixed point ({worst:.3g} >= {_SUM_LIMIT:.3g})")
         self.k = w.shape[-1]
-        self.w = w.reshape(w.shape[0], -1)              # O x (C k k), the order of the columns
+        self.taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(-1, w.shape[0], w.shape[1]))  # taps x O x C
         self.b = b.reshape(-1, 1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x: B x C x H x W float64 on the activation grid. One matrix product
-        per image over the taps' columns (im2col); any order of summation
-        gives the same exact sums."""
+        """x: B x C x H x W float64 on the activation grid. Over the flattened,
+        zero-padded map each tap's input is a strided view (no im2col copy);
+        each output row gets 2p junk columns (the padding), cut away. Any
+        order of summation gives the same exact sums (nets.fixed does the same
+        in torch)."""
         bsz, c, h, w = x.shape
         k, p = self.k, self.k // 2
-        out = np.empty((bsz, self.w.shape[0], h, w))
-        rows = max(1, _COLS_BYTES // (8 * c * k * k * w))       # bands of rows: bounded memory
+        wp = w + 2 * p
+        out = np.empty((bsz, self.taps.shape[1], h, w))
         for n in range(bsz):
-            xp = np.pad(x[n], ((0, 0), (p, p), (p, p))) if p else x[n]
-            for r0 in range(0, h, rows):
-                r1 = min(h, r0 + rows)
-                win = sliding_window_view(xp[:, r0:r1 + 2 * p], (k, k), axis=(1, 2))   # C x R x W x k x k
-                cols = win.transpose(0, 3, 4, 1, 2).reshape(c * k * k, (r1 - r0) * w)
-                out[n, :, r0:r1] = (self.w @ cols + self.b).reshape(-1, r1 - r0, w)
+            flat = np.pad(x[n], ((0, 0), (p, p + 1), (p, p))).reshape(c, -1)
+            acc = np.repeat(self.b, h * wp, axis=1)
+            for i in range(k):
+                for j in range(k):
+                    off = i * wp + j
+                    acc += self.taps[i * k + j] @ flat[:, off:off + h * wp]
+            out[n] = acc.reshape(-1, h, wp)[:, :, :w]
         return out
 
 
@@ -207,3 +210,74 @@ class ExactScales:
                 log_sigma = self.nets[g - 1](self.context(g, hist, u, shape))
         v = np.round((log_sigma - offset) * INV_LOG_STEP)
         return np.clip(v, 0, NUM_SCALES - 1).astype(np.uint8)
+
+
+# ---- the fixed-point reconstruction with numpy (the torch layers: nets.fixed) ----
+
+def fixed_input(x: np.ndarray) -> np.ndarray:
+    """nets.fixed.fixed_input: on the activation grid, float64 (in place on
+    the copy: fresh arrays of this size cost more than the arithmetic)."""
+    v = np.array(x, dtype=np.float64)
+    v *= 2.0 ** ACT_BITS
+    np.rint(v, out=v)
+    v *= 2.0 ** -ACT_BITS
+    return np.clip(v, -RECON_MAX, RECON_MAX, out=v)
+
+
+def fixed_output(y: np.ndarray) -> np.ndarray:
+    """nets.fixed.fixed_output: back on the grid, float32 (exact). Overwrites ``y``."""
+    y *= 2.0 ** ACT_BITS
+    np.rint(y, out=y)
+    y *= 2.0 ** -ACT_BITS
+    return np.clip(y, -RECON_MAX, RECON_MAX, out=y).astype(np.float32)
+
+
+def fixed_conv(conv: ExactConv, x: np.ndarray) -> np.ndarray:
+    """nets.fixed.FixedConv2d: C x H x W float32 -> O x H x W float32."""
+    return fixed_output(conv(fixed_input(x)[None])[0])
+
+
+class FixedConvTranspose:
+    """nets.fixed.FixedConvTranspose2d for kernel 4, stride 2, padding 1:
+    C x H x W -> C' x 2H x 2W; each tap's product added into place (exact)."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        w = to_grid(np.asarray(weight, dtype=np.float64), WEIGHT_BITS)     # Cin x Cout x 4 x 4
+        if w.shape[2:] != (4, 4):
+            raise ValueError("only kernel 4, stride 2, padding 1")
+        self.w = w
+        self.b = to_grid(np.asarray(bias, dtype=np.float64), ACT_BITS + WEIGHT_BITS).reshape(-1, 1, 1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = fixed_input(x)
+        cin, h, wd = x.shape
+        cout, k = self.w.shape[1], self.w.shape[2]
+        full = np.zeros((cout, 2 * h + 2, 2 * wd + 2))
+        xf = x.reshape(cin, h * wd)
+        for i in range(k):
+            for j in range(k):
+                full[:, i:i + 2 * h:2, j:j + 2 * wd:2] += (self.w[:, :, i, j].T @ xf).reshape(cout, h, wd)
+        return fixed_output(full[:, 1:2 * h + 1, 1:2 * wd + 1] + self.b)
+
+
+class FixedGDN:
+    """nets.fixed.FixedGDN (the inverse GDN of g_s): C x H x W float32."""
+
+    def __init__(self, beta: np.ndarray, gamma: np.ndarray, inverse: bool = True):
+        self.gm = to_grid(np.abs(np.asarray(gamma, dtype=np.float64)), WEIGHT_BITS)
+        self.bt = to_grid(np.abs(np.asarray(beta, dtype=np.float64)) + 1e-6, ACT_BITS + WEIGHT_BITS).reshape(-1, 1)
+        self.inverse = inverse
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = fixed_input(x)
+        c, h, w = x.shape
+        sq = x * x
+        sq *= 2.0 ** ACT_BITS
+        np.rint(sq, out=sq)
+        sq *= 2.0 ** -ACT_BITS
+        np.minimum(sq, SQ_MAX, out=sq)
+        norm = self.gm @ sq.reshape(c, h * w)
+        norm += self.bt
+        np.sqrt(norm, out=norm)
+        norm = norm.reshape(c, h, w)
+        return fixed_output(np.multiply(x, norm, out=norm) if self.inverse else np.divide(x, norm, out=norm))

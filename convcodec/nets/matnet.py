@@ -151,6 +151,8 @@ def _up(ch):
 
 
 class MatNet(LatentGroups):
+    DECODER = ("prior_heads", "td", "up_t", "g_s")
+
     def __init__(self, cfg: MatNetConfig):
         super().__init__()
         assert cfg.analysis[-1] == cfg.width, "g_a produces the finest BU state"

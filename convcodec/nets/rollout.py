@@ -64,6 +64,19 @@ class LatentGroups(nn.Module):
     posterior, update, render, num_groups; a backbone with its own entropy
     model (exact scales, variable rate) overrides prior_of, bin_width, step."""
 
+    # The modules the decoder runs (prior mean, updates, g_s): in fixed point
+    # when coding a portable file (``coder``), so the pixels are the same on
+    # every machine. Empty: the float layers (version-1 backbones).
+    DECODER: tuple = ()
+
+    def coder(self) -> "LatentGroups":
+        """The model as the codec runs it: its decoder modules in fixed point
+        (convcodec.nets.fixed; cached), its encoder's as trained."""
+        if not self.DECODER:
+            return self
+        from .fixed import coder_twin
+        return coder_twin(self, self.DECODER)
+
     def width(self) -> torch.Tensor:
         """Posterior width (bin size) per latent map, shaped for broadcasting."""
         return self.log_width.float().exp().view(1, -1, 1, 1)

@@ -82,6 +82,8 @@ def _stack(ch: int, n: int) -> nn.ModuleList:
 
 
 class VLAE(LatentGroups):
+    DECODER = ("v", "merge_in", "gen", "up", "g_s")
+
     def __init__(self, cfg: VLAEConfig):
         super().__init__()
         assert cfg.analysis[-1] == cfg.width, "g_a produces the first ladder state"
