@@ -112,7 +112,7 @@ class FixedConvTranspose2d(nn.ConvTranspose2d):
         new.__class__ = cls
         w = to_grid(conv.weight.detach().double(), WEIGHT_BITS)        # Cin x Cout x k x k
         b = to_grid(conv.bias.detach().double(), ACT_BITS + WEIGHT_BITS)
-        taps = (conv.kernel_size[0] // conv.stride[0]) * (conv.kernel_size[1] // conv.stride[1])
+        taps = -(-conv.kernel_size[0] // conv.stride[0]) * -(-conv.kernel_size[1] // conv.stride[1])   # per output
         _check(float(w.abs().sum(0).amax()) * taps * RECON_MAX + float(b.abs().max()), repr(conv))
         new.wt = w.reshape(w.shape[0], -1).t().contiguous()            # (Cout k k) x Cin
         new.bm = b.view(1, -1, 1, 1)
