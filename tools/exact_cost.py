@@ -80,7 +80,7 @@ def main():
     for q in qualities:
         for p in paths:
             rgb = load_image(p)
-            r = {"image": os.path.basename(p), "quality": q}
+            r = {"image": os.path.basename(p), "quality": q, "pixels": rgb.shape[0] * rgb.shape[1]}
             for kind, (index, walker) in kinds.items():
                 scales.index, codec.coding_net = index, walker
                 try:
@@ -102,7 +102,7 @@ def main():
         pts = []
         for q in qualities:
             sel = [r for r in rows if r["quality"] == q]
-            pix = sum(load_shape(paths, r["image"]) for r in sel)
+            pix = sum(r["pixels"] for r in sel)
             pts.append((8 * sum(r[f"{kind}_bytes"] for r in sel) / pix,
                         float(np.mean([r[f"{kind}_psnr"] for r in sel]))))
         return sorted(pts)
@@ -127,14 +127,6 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as fh:
             json.dump(res, fh, indent=1)
-
-
-def load_shape(paths, name) -> int:
-    """Pixels of the image called ``name``."""
-    from PIL import Image
-    p = next(p for p in paths if os.path.basename(p) == name)
-    w, h = Image.open(p).size
-    return w * h
 
 
 if __name__ == "__main__":
