@@ -63,6 +63,27 @@ def test_fixed_conv_is_exact_whatever_the_order_of_summation():
             assert got[0, o, r, c].item() == exact.fixed_output(np.array(s))
 
 
+def test_bands_do_not_change_the_bits(monkeypatch):
+    """Layers work band by band of rows (BAND_BYTES, for the cache): one row
+    per band gives the same bits as one band, in torch and in numpy."""
+    from convcodec.nets import fixed
+    conv, _, gdn = _layers()
+    x = torch.randn(1, 6, 9, 11) * 3
+    layers = [FixedConv2d.of(conv), FixedGDN.of(gdn)]
+    np_conv = exact.ExactConv(conv.weight.detach().numpy(), conv.bias.detach().numpy())
+    np_gdn = exact.FixedGDN(gdn.beta.detach().numpy(), gdn.gamma.detach().numpy())
+
+    def run():
+        with torch.no_grad():
+            return [f(x)[0].numpy() for f in layers] + [exact.fixed_conv(np_conv, x[0].numpy()), np_gdn(x[0].numpy())]
+    whole = run()
+    for mod in (fixed, exact):
+        monkeypatch.setattr(mod, "BAND_BYTES", 1)
+    assert fixed._band_rows(8 * 16 * 13) == 1 and exact._band_rows(8 * 16 * 13) == 1
+    for a, b in zip(whole, run()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_weights_beyond_the_exact_range_are_refused():
     conv = nn.Conv2d(4, 4, 3, padding=1)
     with torch.no_grad():

@@ -214,27 +214,73 @@ class ExactScales:
 
 # ---- the fixed-point reconstruction with numpy (the torch layers: nets.fixed) ----
 
-def fixed_input(x: np.ndarray) -> np.ndarray:
-    """nets.fixed.fixed_input: on the activation grid, float64 (in place on
-    the copy: fresh arrays of this size cost more than the arithmetic)."""
-    v = np.array(x, dtype=np.float64)
-    v *= 2.0 ** ACT_BITS
+BAND_BYTES = 1 << 23      # nets.fixed.BAND_BYTES: float64 working set per band of rows
+
+
+def _band_rows(bytes_per_row: int) -> int:
+    return max(1, BAND_BYTES // max(1, bytes_per_row))
+
+
+def grid32(x: np.ndarray) -> np.ndarray:
+    """nets.fixed.grid32: a float32 map on the activation grid, float32 (every
+    step exact in float32; a float64 map takes the same steps in float64)."""
+    v = np.array(x, dtype=np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
+    s = v.dtype.type(2.0 ** ACT_BITS)
+    v *= s
     np.rint(v, out=v)
-    v *= 2.0 ** -ACT_BITS
-    return np.clip(v, -RECON_MAX, RECON_MAX, out=v)
+    np.clip(v, -RECON_MAX * s, RECON_MAX * s, out=v)
+    v *= v.dtype.type(2.0 ** -ACT_BITS)
+    return v
+
+
+def fixed_input(x: np.ndarray) -> np.ndarray:
+    """nets.fixed.fixed_input: on the activation grid, float64."""
+    return grid32(x).astype(np.float64)
+
+
+def _round_into(out: np.ndarray, acc: np.ndarray):
+    """nets.fixed._round_into: ``acc`` in steps of the grid (integers) into
+    the float32 ``out``; the caller scales ``out`` by 2^-12 at the end."""
+    acc *= 2.0 ** ACT_BITS
+    np.rint(acc, out=acc)
+    np.clip(acc, -RECON_MAX * 2.0 ** ACT_BITS, RECON_MAX * 2.0 ** ACT_BITS, out=acc)
+    out[...] = acc
 
 
 def fixed_output(y: np.ndarray) -> np.ndarray:
     """nets.fixed.fixed_output: back on the grid, float32 (exact). Overwrites ``y``."""
-    y *= 2.0 ** ACT_BITS
-    np.rint(y, out=y)
-    y *= 2.0 ** -ACT_BITS
-    return np.clip(y, -RECON_MAX, RECON_MAX, out=y).astype(np.float32)
+    out = np.empty(y.shape, dtype=np.float32)
+    _round_into(out, y)
+    out *= np.float32(2.0 ** -ACT_BITS)
+    return out
 
 
 def fixed_conv(conv: ExactConv, x: np.ndarray) -> np.ndarray:
-    """nets.fixed.FixedConv2d: C x H x W float32 -> O x H x W float32."""
-    return fixed_output(conv(fixed_input(x)[None])[0])
+    """nets.fixed.FixedConv2d: C x H x W float32 -> O x H x W float32, one
+    product per tap over strided views of the padded map, band by band of
+    output rows, each band rounded while it is in cache."""
+    c, h, w = x.shape
+    k, p = conv.k, conv.k // 2
+    wp = w + 2 * p
+    xp = np.zeros((c, h + 2 * p + 1, wp))
+    xp[:, p:p + h, p:p + w] = grid32(x)
+    flat = xp.reshape(c, -1)
+    o = conv.taps.shape[1]
+    rows = _band_rows(8 * (o + c) * wp)
+    out = np.empty((o, h, w), dtype=np.float32)
+    acc_buf = np.empty((o, min(rows, h) * wp))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        m = (r1 - r0) * wp
+        acc = acc_buf[:, :m]
+        acc[...] = conv.b
+        for i in range(k):
+            for j in range(k):
+                off = (r0 + i) * wp + j
+                acc += conv.taps[i * k + j] @ flat[:, off:off + m]
+        _round_into(out[:, r0:r1], acc.reshape(o, r1 - r0, wp)[:, :, :w])
+    out *= np.float32(2.0 ** -ACT_BITS)
+    return out
 
 
 class FixedConvTranspose:
@@ -269,15 +315,22 @@ class FixedGDN:
         self.inverse = inverse
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = fixed_input(x)
         c, h, w = x.shape
-        sq = x * x
-        sq *= 2.0 ** ACT_BITS
-        np.rint(sq, out=sq)
-        sq *= 2.0 ** -ACT_BITS
-        np.minimum(sq, SQ_MAX, out=sq)
-        norm = self.gm @ sq.reshape(c, h * w)
-        norm += self.bt
-        np.sqrt(norm, out=norm)
-        norm = norm.reshape(c, h, w)
-        return fixed_output(np.multiply(x, norm, out=norm) if self.inverse else np.divide(x, norm, out=norm))
+        q = grid32(x)
+        out = np.empty(q.shape, dtype=np.float32)
+        rows = _band_rows(8 * 3 * c * w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            xb = q[:, r0:r1].astype(np.float64).reshape(c, -1)
+            sq = xb * xb
+            sq *= 2.0 ** ACT_BITS
+            np.rint(sq, out=sq)
+            sq *= 2.0 ** -ACT_BITS
+            np.minimum(sq, SQ_MAX, out=sq)
+            norm = self.gm @ sq
+            norm += self.bt
+            np.sqrt(norm, out=norm)
+            y = np.multiply(xb, norm, out=norm) if self.inverse else np.divide(xb, norm, out=norm)
+            _round_into(out[:, r0:r1], y.reshape(c, r1 - r0, w))
+        out *= np.float32(2.0 ** -ACT_BITS)
+        return out
