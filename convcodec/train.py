@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from .nets.layers import unstick_gdn
 from .nets.rollout import lambda_t
 from .zoo import build_model, config_from_dict, save_model
 
@@ -451,6 +452,11 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         ema.load_state_dict(model.state_dict())
         if main_proc:
             print(msg)
+    lifted = unstick_gdn(model)
+    if lifted:
+        unstick_gdn(ema)
+        if main_proc:
+            print(f"lifted {lifted} GDN couplings from 0 (they could not train: nets.layers.GAMMA_FLOOR)")
     if tc.compile:
         compile_blocks(model)
     net = model

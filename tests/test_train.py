@@ -24,9 +24,21 @@ def test_train_export_and_resume(tmp_path):
     rgb = smooth_image(20, 24)
     assert codec.decode(codec.encode(rgb, model=str(out / "t.safetensors")).data,
                         model=str(out / "t.safetensors")).shape == rgb.shape
-    # resume: a larger budget continues from the saved step and RNG state
+    # resume: a larger budget continues from the saved step and RNG state;
+    # GDN couplings at exactly 0 (a checkpoint from before GAMMA_FLOOR) are
+    # lifted on resume and then train
+    gammas = [k for k in ck["model"] if k.endswith("gamma")]
+    assert gammas
+    for part in ("model", "ema"):
+        for k in gammas:
+            ck[part][k] = torch.diag(torch.diag(ck[part][k]))
+    torch.save(ck, out / "ckpt.pt")
     train(TINY.to_dict(), TrainConfig(**{**tc.__dict__, "minutes": 0.1}), str(out), "t")
-    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] > ck["step"]
+    ck2 = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ck2["step"] > ck["step"]
+    for k in gammas:
+        off = ~torch.eye(ck2["model"][k].shape[0], dtype=torch.bool)
+        assert (ck2["model"][k][off] != 0).all()
 
 
 def test_refuses_kodak(tmp_path):

@@ -54,6 +54,14 @@ def gaussian_bits(offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return -torch.log2(p.clamp_min(LIKELIHOOD_MIN))
 
 
+# The smallest coupling gamma starts from (below the fixed-point weight grid,
+# 2^-14, so it changes no coded bit until trained). The layer uses |gamma|,
+# whose gradient at exactly 0 is 0: couplings started at 0 never train.
+# Every model trained before this floor has a diagonal gamma (a
+# per-channel normalization, not GDN); ``unstick_gdn`` lifts them.
+GAMMA_FLOOR = 1e-7
+
+
 class GDN(nn.Module):
     """Generalized divisive normalization (Balle et al. 2016), or its inverse.
 
@@ -66,7 +74,8 @@ class GDN(nn.Module):
         super().__init__()
         self.inverse = inverse
         self.beta = nn.Parameter(torch.ones(ch))
-        self.gamma = nn.Parameter(0.1 * torch.eye(ch))
+        eye = torch.eye(ch)
+        self.gamma = nn.Parameter(0.1 * eye + GAMMA_FLOOR * (1 - eye))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
@@ -82,6 +91,20 @@ class GDN(nn.Module):
             norm = torch.matmul(self.gamma.abs(), sq) + beta
         norm = torch.sqrt(norm).view(b, ch, h, w)
         return x32 * norm if self.inverse else x32 / norm
+
+
+def unstick_gdn(model: nn.Module) -> int:
+    """Lift every GDN coupling that is exactly 0 to GAMMA_FLOOR, so training
+    can move it (see GAMMA_FLOOR; the layers' outputs change by ~1e-7
+    relative). Returns how many were lifted."""
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, GDN):
+                stuck = m.gamma == 0
+                n += int(stuck.sum())
+                m.gamma[stuck] = GAMMA_FLOOR
+    return n
 
 
 def analysis(in_ch: int, widths: tuple[int, ...], kernel: int = 5) -> nn.Sequential:
