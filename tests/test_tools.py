@@ -173,3 +173,32 @@ def test_probe_redraws_one_group_at_a_time(tiny_vr, tiny_model):
         for g, pics in redrawn.items():
             assert len(pics) == 2 and all(p.shape == rgb.shape for p in pics)
         assert any(not np.array_equal(p, base) for pics in redrawn.values() for p in pics)
+
+
+def test_context_gain_finds_planted_redundancy_and_measures_the_coder():
+    """tools/context_gain.py: where non-anchors are their anchor neighbours'
+    mean, the mean context saves most of their bits; on a real model its
+    plain bits are the coder's own estimate of the file."""
+    ctx = _tool("context_gain")
+    rng = np.random.default_rng(0)
+
+    def planted():
+        k = rng.integers(-6, 7, size=(2, 16, 16)).astype(np.float64)
+        nb, m = ctx.neighbours(k)
+        off = np.where(m, nb.sum(-1) / 4 + rng.normal(0, 0.05, k.shape), k)
+        k = np.where(m, np.round(off), k)
+        return [(off, k, np.full(k.shape, 1.0))]
+    coef, mult = ctx.fit([planted() for _ in range(4)])
+    tot = ctx.evaluate([planted() for _ in range(2)], coef, mult)
+    assert tot["mean"] < 0.9 * tot["plain"]                # (the anchors cost the same)
+    np.testing.assert_allclose(coef[0], 0.25, atol=0.02)   # and the fit found the planted weights
+
+
+def test_context_gain_plain_bits_are_the_coders_estimate(tiny_vr):
+    from convcodec import codec, zoo
+    ctx = _tool("context_gain")
+    net, _ = zoo.load_model(tiny_vr)
+    rgb = smooth_image(48, 64, seed=3)
+    plain = sum(ctx.bits(k, sc) for _, k, sc in ctx.offsets(net, rgb, 60))
+    est = sum(codec.encode(rgb, model=tiny_vr, quality=60).estimated_bits)
+    assert plain == pytest.approx(est, rel=1e-4)
