@@ -202,3 +202,17 @@ def test_context_gain_plain_bits_are_the_coders_estimate(tiny_vr):
     plain = sum(ctx.bits(k, sc) for _, k, sc in ctx.offsets(net, rgb, 60))
     est = sum(codec.encode(rgb, model=tiny_vr, quality=60).estimated_bits)
     assert plain == pytest.approx(est, rel=1e-4)
+
+
+def test_ship_model_counts_the_whole_lineage(tmp_path):
+    """A card's total training minutes follow --init through a run's own
+    export (minutes, init) back to a shipped card (wall_minutes_total)."""
+    from .conftest import make_tiny
+    ship = _tool("ship_model")
+    shipped = make_tiny(tmp_path / "shipped", card={"training": {"wall_minutes": 100.0, "wall_minutes_total": 519.0}})
+    export = make_tiny(tmp_path / "export", name="run-export",
+                       card={"training": {"minutes": 152.0, "init": shipped}})
+    assert ship.init_record(shipped)["init_minutes"] == 519.0
+    rec = ship.init_record(export)
+    assert rec["init_minutes"] == 671.0 and rec["init"].startswith("run-export (sha256 ")
+    assert ship.init_record(None) == {"init": None, "init_minutes": 0.0}

@@ -30,9 +30,13 @@ def init_record(init: str | None) -> dict:
     except ModelError:
         return {"init": init, "init_minutes": None}
     tr = info["card"].get("training", {})
-    return {"init": f"{info['name']} (sha256 {info['sha256'][:12]})",
-            # shipped cards say wall_minutes; a run's own export says minutes
-            "init_minutes": tr.get("wall_minutes_total", tr.get("wall_minutes", tr.get("minutes")))}
+    if "wall_minutes_total" in tr:             # a shipped card: its whole lineage
+        minutes = tr["wall_minutes_total"]
+    else:                                      # a run's own export: its minutes, plus what it started from
+        own = tr.get("wall_minutes", tr.get("minutes"))
+        before = init_record(tr.get("init"))["init_minutes"]
+        minutes = None if own is None or before is None else round(own + before, 1)
+    return {"init": f"{info['name']} (sha256 {info['sha256'][:12]})", "init_minutes": minutes}
 
 
 def main():
