@@ -216,3 +216,20 @@ def test_ship_model_counts_the_whole_lineage(tmp_path):
     rec = ship.init_record(export)
     assert rec["init_minutes"] == 671.0 and rec["init"].startswith("run-export (sha256 ")
     assert ship.init_record(None) == {"init": None, "init_minutes": 0.0}
+
+
+def test_quant_cost_is_free_at_many_bits_and_costly_at_few(tmp_path, tiny_vr, monkeypatch):
+    quant = _tool("quant_cost")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(smooth_image(40, 48, seed=4)).save(imgs / "a.png")
+    out = tmp_path / "q.json"
+    monkeypatch.setattr(sys, "argv", ["quant_cost.py", "--model", tiny_vr, "--images", str(imgs), "--every", "1",
+                                      "--qualities", "50", "--bits", "16:16,3:3", "--json", str(out)])
+    quant.main()
+    fine, coarse = json.loads(out.read_text())["rows"]
+    # (a tiny random model's picture is smooth, so even 3 bits cost little, but more than 16)
+    assert abs(fine["psnr_change_mean"]) < 1e-3 and coarse["psnr_change_mean"] < fine["psnr_change_mean"] - 0.005
+    # the float32 bound scales with the integer ranges: 2^15 x 2^15 against 2^2 x 2^2
+    for k, v in fine["worst_sum_over_2_24"].items():
+        assert v > 1000 * coarse["worst_sum_over_2_24"][k]
