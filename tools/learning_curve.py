@@ -94,7 +94,8 @@ def main():
             ys = [row[f"psnr_at_{r}"] for row in rows if row[f"psnr_at_{r}"] is not None]
             ax.plot(xs, ys, "-o", ms=3, label=f"{r} bpp")
         ax.set_xlabel("CPU-hours of this run (thread-hours on a 2-core CPU)"); ax.set_ylabel("Kodak PSNR (dB)")
-        ax.set_title(f"matnet-vr learning curve ({len(images)} Kodak images)")
+        name = json.load(open(snaps[-1][:-len(".safetensors")] + ".json")).get("name", "model")
+        ax.set_title(f"{name} learning curve ({len(images)} Kodak images)")
         ax.grid(alpha=0.3); ax.legend(); fig.tight_layout(); fig.savefig(a.plot, dpi=120)
 
 
