@@ -37,22 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .exact import ACT_BITS, RECON_MAX, SQ_MAX, WEIGHT_BITS, _SUM_LIMIT, to_grid
+from .exact import ACT_BITS, RECON_MAX, SQ_MAX, WEIGHT_BITS, _SUM_LIMIT, _band_rows, to_grid
 from .layers import GDN
-
-
-# Each layer works through its map in bands of rows whose float64 working
-# set (input rows, accumulator, rounding) is about this size, so the taps'
-# products, the rounding and the GDN's steps find their data in cache
-# instead of streaming whole float64 maps through memory once per step
-# (1, 2, 8, 32 MB and whole maps tried on matnet-vr's and a 128-wide g_s's
-# layers: 8 MB was fastest, by 25% over whole maps). The bits do not depend
-# on it: the sums are exact (tests/test_fixed.py).
-BAND_BYTES = 1 << 23
-
-
-def _band_rows(bytes_per_row: int) -> int:
-    return max(1, BAND_BYTES // max(1, bytes_per_row))
 
 
 def grid32(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +100,7 @@ class FixedConv2d(nn.Conv2d):
         """One matrix product per tap over the flattened, zero-padded map: the
         tap's input is then a strided view, with no im2col copy; each output
         row also gets 2p junk columns (the padding), cut away when rounding.
-        Band by band of output rows (BAND_BYTES)."""
+        Band by band of output rows (nets.exact.BAND_BYTES)."""
         bsz, c, h, w = x.shape
         k = self.kernel_size[0]
         p = k // 2
