@@ -3,8 +3,9 @@
 Importing torch takes 1.7 s on our 2-core machine, more than decoding a
 Kodak file does; a command-line decode that needs no torch starts at once.
 This module decodes version-2 files of MatNet models (exact scales) with
-numpy alone: the same group loop as ``nets.rollout.walk`` at temperature 0,
-the same exact entropy model (``nets.exact.ExactScales``, one implementation
+numpy alone: the very group loop of the torch decoder (``nets.walk.walk``,
+at temperature 0, over this module's numpy twin of the model's group
+interface), the same exact entropy model (``nets.exact.ExactScales``, one implementation
 for both decoders, so the symbols are those of the file on any machine), and
 the fixed-point reconstruction of ``nets.fixed`` (the top-down path and
 ``g_s``) in numpy's float64, whose sums are exact: its pixels are the torch
@@ -18,12 +19,14 @@ goes through convcodec.codec.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from .container import CdrFile
 from .entropy import read_group
 from .nets.exact import ExactConv, ExactScales, FixedConvTranspose, FixedGDN, fixed_conv
+from .nets.walk import Prior, walk
 from .zoo import ModelError, check_identity, load_arrays
 
 MAX_PIXELS = 4_000_000     # larger images go to the torch decoder, which works in tiles
@@ -39,10 +42,21 @@ def _pixel_shuffle(x: np.ndarray) -> np.ndarray:
     return x.reshape(c, 2, 2, h, w).transpose(0, 3, 1, 4, 2).reshape(c, 2 * h, 2 * w)
 
 
+@dataclass
+class State:
+    """nets.matnet.TopDownState in numpy: the TD state (C x H x W float32),
+    the next group, the quality u and |w k| of the groups decoded so far."""
+    h: np.ndarray
+    g: int
+    u: float | None
+    hist: tuple = ()
+
+
 class NumpyMatNet:
     """The decoder half of a MatNet with exact scales, from its weights: the
     fixed-point layers of nets.fixed, in numpy (nets.exact.fixed_*), and the
-    float32 elementwise steps of nets.matnet between them."""
+    float32 elementwise steps of nets.matnet between them, behind the group
+    interface that ``nets.walk.walk`` drives (as MatNet.coder() is, coding)."""
 
     def __init__(self, state: dict, cfg: dict):
         self.s = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
@@ -79,9 +93,9 @@ class NumpyMatNet:
                                                                self.s[f"{name}.bias"]))(h)
         return h
 
-    def render(self, h):
+    def render(self, st: State):
         """g_s: conv, pixel shuffle, inverse GDN per octave; then + 1/2."""
-        x, n = h, len(self.synthesis) + 1
+        x, n = st.h, len(self.synthesis) + 1
         for i in range(n):
             x = _pixel_shuffle(self.conv(f"g_s.{3 * i}", x))
             if i < n - 1:
@@ -90,26 +104,38 @@ class NumpyMatNet:
                                                        self.s[f"{name}.gamma"]))(x)
         return x + np.float32(0.5)
 
-    def decode(self, cdr: CdrFile, stored: int) -> np.ndarray:
+    # ---- the group interface of nets.walk (coding, temperature 0) ----
+    @property
+    def num_groups(self) -> int:
+        return self.G
+
+    def init_state(self, cdr: CdrFile) -> State:
         hd = cdr.header
-        u = (hd.quality - 1) / 99.0 if self.rate_knots else None
         ph, pw = hd.height + (-hd.height) % self.stride, hd.width + (-hd.width) % self.stride
-        h = np.broadcast_to(self.s["h_top"][0], (self.s["h_top"].shape[1], ph // self.stride,
-                                                 pw // self.stride)).astype(np.float32)
-        widths = self.exact.constants(u)[0].astype(np.float32)
-        hist = []
-        for g in range(self.G):
-            mu = self.prior_mean(g, h)
-            if g < stored:
-                idx = self.exact.index(g, hist, u, (1, *h.shape[1:]))
-                k = read_group(cdr, g, idx[0])
-                z = mu + widths[g].reshape(-1, 1, 1) * k.astype(np.float32)
-                hist.append(self.exact.magnitudes(g, k[None], u))
-            else:
-                z = mu
-                hist.append(np.zeros((1, *mu.shape)))
-            h = self.update(g, h, z)
-        x = self.render(h)[:, :hd.height, :hd.width]
+        top = self.s["h_top"][0]
+        h = np.broadcast_to(top, (top.shape[0], ph // self.stride, pw // self.stride)).astype(np.float32)
+        return State(h, 0, (hd.quality - 1) / 99.0 if self.rate_knots else None)
+
+    def prior(self, st: State):
+        return self.prior_mean(st.g, st.h), None
+
+    def prior_of(self, st: State, coding: bool = True) -> Prior:
+        idx = self.exact.index(st.g, list(st.hist), st.u, (1, *st.h.shape[1:]))
+        return Prior(self.prior_mean(st.g, st.h), None, idx)
+
+    def bin_width(self, st: State, coding: bool = True) -> np.ndarray:
+        return self.exact.constants(st.u)[0][st.g].astype(np.float32).reshape(-1, 1, 1)
+
+    def step(self, st: State, z: np.ndarray, k: np.ndarray | None, coding: bool = True) -> State:
+        d = np.zeros((1, *z.shape)) if k is None else self.exact.magnitudes(st.g, k[None], st.u)
+        return State(self.update(st.g, st.h, z), st.g + 1, st.u, st.hist + (d,))
+
+    def decode(self, cdr: CdrFile, stored: int) -> np.ndarray:
+        # A stored group's offsets as float32, as the torch decoder's Coded
+        # strategy hands them over: z = mu + w k is then the same float32 sum.
+        take = lambda g, st, prior, w: read_group(cdr, g, prior.idx[0]).astype(np.float32)
+        x = walk(self, self.init_state(cdr), take, stored, coding=True)
+        x = x[:, :cdr.header.height, :cdr.header.width]
         return np.round(np.clip(x, 0, 1) * np.float32(255)).astype(np.uint8).transpose(1, 2, 0)
 
 

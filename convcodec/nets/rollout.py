@@ -1,4 +1,5 @@
-"""The one walk over latent groups, for training, encoding, decoding and refinement.
+"""What every backbone shares (``LatentGroups``) and the strategies of the one
+walk over latent groups (``nets.walk``), for training, encoding, decoding and refinement.
 
 Every side runs ``walk``: for each group the model gives its prior, a stored
 group's offsets (integers, in bins from the prior mean) are chosen by a
@@ -20,24 +21,16 @@ model's ``prior_of``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .layers import gaussian_bits
+# The loop itself is torch-free (the numpy decoder walks it too); re-exported here.
+from .walk import Prior, prior_mean_fill, walk  # noqa: F401
 
 from ..entropy import SYMBOL_MAX      # the coder's alphabet: offsets in [-SYMBOL_MAX, SYMBOL_MAX]
-
-
-@dataclass
-class Prior:
-    """A group's prior as the coder sees it."""
-    mu: torch.Tensor                  # mean, latent units
-    scale: torch.Tensor               # std in bins (differentiable when training; the table's when coding)
-    idx: np.ndarray | None = None     # the coder's scale-table indices (uint8), when coding
 
 
 def coder_scales(idx: torch.Tensor) -> torch.Tensor:
@@ -110,6 +103,14 @@ class LatentGroups(nn.Module):
 
     def step(self, st, z: torch.Tensor, k: torch.Tensor | None, coding: bool):
         return self.update(st, z)
+
+    def sample(self, prior: Prior, w: torch.Tensor, temperature: float, gens):
+        """A group regenerated as a sample from the prior the coder would use,
+        drawn with ``gens[b]`` for image b: ``(k, z)``, its offsets (which feed
+        the later groups' scales as decoded ones would) and its latent."""
+        eps = torch.stack([torch.randn(prior.mu.shape[1:], generator=gn) for gn in gens]).to(prior.mu.device)
+        k = quantize(temperature * prior.scale * eps)
+        return k, prior.mu + temperature * w * prior.scale * eps
 
     def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True, quality=None):
         """Training pass: ``(bits, recon)``, bits per group and image
@@ -196,55 +197,3 @@ class Given:
         k = straight_through(self.offsets[g])
         self.bits.append(gaussian_bits(k, prior.scale).sum())
         return k
-
-
-def walk(model, st, choose, stored: int, *, coding: bool = False, temperature: float = 0.0,
-         gens=None, prefixes=(), render: bool = True):
-    """The loop every side shares. Groups 0..stored-1 take the offsets
-    ``choose`` gives; the rest are regenerated from the prior (the mean, or
-    with ``temperature`` > 0 a sample drawn with ``gens[b]`` for image b).
-    ``coding``: the coder's view of the prior (scale-table indices; exact
-    for a backbone with exact scales). Returns the reconstruction in [0, 1]
-    at the padded size, or, with ``prefixes``, a dict t -> reconstruction of
-    the first t groups with the rest from the prior mean (and the full one
-    at T). ``render=False`` stops after the last stored group and returns
-    None (nothing after it changes a file)."""
-    T = model.num_groups
-    recon = {}
-    for g in range(T if render else stored):
-        k = None
-        if g < stored:
-            prior = model.prior_of(st, coding)
-            w = model.bin_width(st, coding)
-            k = choose(g, st, prior, w)
-            z = prior.mu + w * k
-        elif temperature > 0:
-            # A sample from the prior the coder would use; its offsets feed
-            # the later groups' scales as decoded ones would.
-            prior = model.prior_of(st, coding)
-            w = model.bin_width(st, coding)
-            eps = torch.stack([torch.randn(prior.mu.shape[1:], generator=gn) for gn in gens]).to(prior.mu.device)
-            k = quantize(temperature * prior.scale * eps)
-            z = prior.mu + temperature * w * prior.scale * eps
-        else:
-            z, _ = model.prior(st)
-        if render or g + 1 < stored:
-            st = model.step(st, z, k, coding)
-        if g + 1 in prefixes and g + 1 < T:
-            recon[g + 1] = model.render(prior_mean_fill(model, st, g + 1, coding))
-    if not render:
-        return None
-    out = model.render(st)
-    if prefixes:
-        recon[T] = out
-        return recon
-    return out
-
-
-def prior_mean_fill(model, st, start: int, coding: bool = False):
-    """Regenerate groups start..T-1 from the prior mean: what the decoder does
-    (at temperature 0) for a file that stores only the first ``start`` groups."""
-    for _ in range(start, model.num_groups):
-        mu, _ = model.prior(st)
-        st = model.step(st, mu, None, coding)
-    return st
