@@ -233,3 +233,20 @@ def test_quant_cost_is_free_at_many_bits_and_costly_at_few(tmp_path, tiny_vr, mo
     # the float32 bound scales with the integer ranges: 2^15 x 2^15 against 2^2 x 2^2
     for k, v in fine["worst_sum_over_2_24"].items():
         assert v > 1000 * coarse["worst_sum_over_2_24"][k]
+
+
+def test_ceiling_rounded_is_the_files_picture_and_the_ceiling_ignores_the_quality(tiny_vr):
+    """tools/ceiling.py: its rounded decode is what the codec's file gives
+    (up to the fixed-point decoder's ~1e-4), and the unrounded one, the
+    posterior means themselves, is the same at every quality (only the grid
+    depends on it)."""
+    from convcodec import codec
+    from convcodec.metrics import psnr
+    ceiling = _tool("ceiling")
+    rgb = smooth_image(40, 56, seed=5)
+    res = {q: ceiling.ceiling(tiny_vr, rgb, q) for q in (1, 60, 100)}
+    for q, r in res.items():
+        enc, pic = codec.encode(rgb, model=tiny_vr, quality=q, reconstruct=True)
+        assert abs(r["rounded"] - psnr(rgb, pic)) < 0.05
+    assert max(r["unrounded"] for r in res.values()) - min(r["unrounded"] for r in res.values()) < 1e-3
+    assert res[1]["rounded"] != res[1]["unrounded"]
