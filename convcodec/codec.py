@@ -99,10 +99,19 @@ def _table(version: int):
     return entropy.SCALES if version >= 2 else entropy.SCALES_V1
 
 
+def _u(net, quality: int):
+    return quality_u(quality) if is_variable_rate(net) else None
+
+
 def _start(net, batch: int, height: int, width: int, dev, quality: int):
     """The walk's first states (decoder, encoder) for a file of this quality."""
-    u = quality_u(quality) if is_variable_rate(net) else None
-    return net.init_state(batch, height, width, dev, quality=u)
+    return net.init_state(batch, height, width, dev, quality=_u(net, quality))
+
+
+def _begin(net, x01: torch.Tensor, quality: int):
+    """The encoder's bottom-up pass over the padded image, for a file of this
+    quality (an encoder_quality model's encoder sees it)."""
+    return net.begin(x01, _u(net, quality))
 
 
 def _to_uint8(x: torch.Tensor, h: int, w: int, b: int = 0) -> np.ndarray:
@@ -146,7 +155,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
         x01 = torch.tensor(rgb, device=dev).permute(2, 0, 1)[None].float().div(255)  # copy: input may be read-only
         x01 = _pad(x01, net.cfg.stride)
         ph, pw = x01.shape[-2:]
-        ctx = net.begin(x01)
+        ctx = _begin(net, x01, quality)
         state = {}
         coder = coding_net(net)
 

@@ -121,3 +121,43 @@ def test_mixed_training_pass_shows_the_decoder_what_a_file_gives(which, request)
         enc, rec = codec.encode(rgb, model=path, steps=t, reconstruct=True)
         got = recon[t][0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
         assert np.abs(got.astype(int) - rec.astype(int)).max() <= 1
+
+
+def test_encoder_quality_sees_the_rate_and_starts_as_its_source(tmp_path):
+    """encoder_quality: g_a and the merge modules take the quality as one more
+    input map. Started from a plain variable-rate model (--init), the new
+    inputs are disconnected, so the files are byte for byte the source's; once
+    its weights move, the posterior depends on the quality, and the numpy
+    decoder (which never runs the encoder) still matches the torch one."""
+    from convcodec import codec, npdecode
+    from convcodec.container import unpack
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, make_tiny_vr, smooth_image
+    src_path = make_tiny_vr(tmp_path / "src")
+    from convcodec.nets.matnet import MatNetConfig
+    m = MatNet(MatNetConfig.from_dict({**TINY_VR.to_dict(), "encoder_quality": True}))
+    _init_from(src_path, m)
+    assert m.g_a[0].weight.shape[1] == 4 and not m.g_a[0].weight[:, 3].any()
+    assert all(not mm.c1.weight[:, -1].any() for mm in m.merge)
+    zoo.save_model(m, tmp_path / "eq", {"name": "eq"})
+    eq_path = str(tmp_path / "eq.safetensors")
+    rgb = smooth_image(40, 56, seed=2)
+    for q in (1, 70):
+        a, b = (unpack(codec.encode(rgb, model=p, quality=q).data) for p in (eq_path, src_path))
+        assert a.chunks == b.chunks and a.symbol_crcs == b.symbol_crcs
+    with torch.no_grad():
+        m.g_a[0].weight[:, 3].normal_(0, 0.3)
+        for mm in m.merge:
+            mm.c1.weight[:, -1].normal_(0, 0.3)
+    zoo.save_model(m, tmp_path / "eq", {"name": "eq"})
+    with torch.no_grad():
+        x = torch.rand(1, 3, 32, 32)
+        a, b = m.begin(x, 0.0), m.begin(x, 1.0)
+        assert not torch.equal(a[-1], b[-1])
+    with pytest.raises(ValueError, match="needs the quality"):
+        m.begin(torch.rand(1, 3, 32, 32))
+    for q in (1, 100):
+        cdr = unpack(codec.encode(rgb, model=eq_path, quality=q).data)
+        assert np.array_equal(npdecode.decode(cdr, model=eq_path), codec.decode(cdr, model=eq_path))
+    with pytest.raises(ValueError, match="variable-rate"):
+        MatNet(MatNetConfig.from_dict({**TINY_VR.to_dict(), "encoder_quality": True, "rate_knots": 0}))

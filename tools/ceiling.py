@@ -51,7 +51,7 @@ def ceiling(model: str, rgb: np.ndarray, quality: int) -> dict:
     out = {}
     with torch.inference_mode():
         for rounded in (True, False):
-            ctx = net.begin(x)
+            ctx = codec._begin(net, x, q)
             st, enc = codec._start(net, 1, *x.shape[-2:], "cpu", q)
             # training's view of the quality: one u per image, as a tensor
             if codec.is_variable_rate(net):

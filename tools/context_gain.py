@@ -50,7 +50,7 @@ def offsets(net, rgb, quality):
     out = []
     with torch.inference_mode():
         x = codec._pad(torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255), net.cfg.stride)
-        ctx = net.begin(x)
+        ctx = codec._begin(net, x, quality)
         state = {}
 
         def take(g, st, prior, wd):

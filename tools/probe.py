@@ -54,7 +54,7 @@ def probe(model: str, rgb: np.ndarray, samples: int, temperature: float, quality
     h, w = rgb.shape[:2]
     out = {}
     with torch.inference_mode():
-        ctx = net.begin(x)
+        ctx = codec._begin(net, x, q)
 
         def run(redraw=-1, seed=0):
             st, enc = codec._start(net, 1, *x.shape[-2:], "cpu", q)

@@ -110,7 +110,7 @@ class ConvDraw(LatentGroups):
         enc = EncoderState(z(self.cfg.enc_hidden), z(self.cfg.enc_hidden))
         return dec, enc
 
-    def begin(self, x01: torch.Tensor) -> torch.Tensor:
+    def begin(self, x01: torch.Tensor, quality=None) -> torch.Tensor:
         """Encoder-side context computed once per image: y = g_a(x)."""
         return run_analysis(self.g_a, x01, self.cfg.stride)
 

@@ -58,6 +58,13 @@ class MatNetConfig:
     # every machine; the prior mean stays on the float top-down path.
     exact_scales: bool = False
     scale_hidden: int = 32
+    # The encoder sees the quality (variable-rate models): u - 1/2 as one more
+    # input map of g_a and of every merge module (Eq. 10). Without it the
+    # posterior means are the same at every rate and only the grid changes,
+    # so one encoder compromises between lambdas 625x apart (tools/ceiling.py:
+    # at quality 100 the latents the decoder could use are far from the
+    # encoder's). The decoder is unchanged: no decode cost.
+    encoder_quality: bool = False
 
     @property
     def stride(self) -> int:
@@ -158,7 +165,10 @@ class MatNet(LatentGroups):
         assert cfg.analysis[-1] == cfg.width, "g_a produces the finest BU state"
         self.cfg = cfg
         C, L, S = cfg.width, cfg.latent, len(cfg.groups)
-        self.g_a = analysis(3, cfg.analysis)
+        if cfg.encoder_quality and not cfg.rate_knots:
+            raise ValueError("encoder_quality needs a variable-rate model (rate_knots > 0)")
+        q = int(cfg.encoder_quality)        # the quality map, last input channel of g_a and the merges
+        self.g_a = analysis(3 + q, cfg.analysis)
         self.g_s = synthesis(C, cfg.synthesis, 3)
         # bottom-up, finest scale first
         self.bu = nn.ModuleList(nn.ModuleList(Residual(C, C) for _ in range(cfg.bu_blocks))
@@ -174,7 +184,7 @@ class MatNet(LatentGroups):
             nn.Sequential(nn.Conv2d(C, C, 3, padding=1), nn.LeakyReLU(0.1),
                           nn.Conv2d(C, p_out, 3, padding=1)) for _ in range(n))
         self.td = nn.ModuleList(Residual(C + L, C) for _ in range(n))
-        self.merge = nn.ModuleList(Residual(3 * C, C) for _ in range(n))
+        self.merge = nn.ModuleList(Residual(3 * C + q, C) for _ in range(n))
         self.q_heads = nn.ModuleList(nn.Conv2d(C, L, 3, padding=1) for _ in range(n))
         self.up_t = nn.ModuleList(_up(C) for _ in range(S - 1))
         self.up_m = nn.ModuleList(_up(C) for _ in range(S - 1))
@@ -211,8 +221,20 @@ class MatNet(LatentGroups):
         u = quality if self.cfg.rate_knots else None
         return TopDownState(h, 0, u), MergeState(torch.zeros_like(h))
 
-    def begin(self, x01: torch.Tensor) -> list[torch.Tensor]:
-        """Bottom-up pass (Eq. 9), returned coarsest scale first like the TD."""
+    def _quality_map(self, u, like: torch.Tensor) -> torch.Tensor:
+        """u (a float, or one per image) as a B x 1 x H x W map like ``like``."""
+        b, _, hh, ww = like.shape
+        u = torch.as_tensor(u, dtype=torch.float32, device=like.device).reshape(-1, 1, 1, 1)
+        return u.expand(b, 1, hh, ww).to(like.dtype)
+
+    def begin(self, x01: torch.Tensor, quality=None) -> list[torch.Tensor]:
+        """Bottom-up pass (Eq. 9), returned coarsest scale first like the TD.
+        ``quality``: u, which an encoder_quality model's g_a sees (as u - 1/2:
+        run_analysis centres its input)."""
+        if self.cfg.encoder_quality:
+            if quality is None:
+                raise ValueError("this model's encoder needs the quality")
+            x01 = torch.cat([x01, self._quality_map(quality, x01)], 1)
         h = run_analysis(self.g_a, x01, 2 ** len(self.cfg.analysis))
         feats = []
         for s, blocks in enumerate(self.bu):
@@ -278,10 +300,13 @@ class MatNet(LatentGroups):
 
     def posterior(self, h_b: list[torch.Tensor], st: TopDownState, enc: MergeState):
         g = st.g
-        def step(hm, hb, ht):
-            hm = self.merge[g](hm, torch.cat([hm, hb, ht], 1)).float()
+        def step(hm, hb, ht, *um):
+            hm = self.merge[g](hm, torch.cat([hm, hb, ht, *um], 1)).float()
             return hm, self.q_heads[g](hm).float()
-        hm, mu_q = by_tiles(step, enc.h, h_b[self._scale_of[g]], st.h, halo=3)
+        maps = [enc.h, h_b[self._scale_of[g]], st.h]
+        if self.cfg.encoder_quality:
+            maps.append(self._quality_map(st.u, st.h) - 0.5)
+        hm, mu_q = by_tiles(step, *maps, halo=3)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             hm = self.up_m[self._scale_of[g]](hm).float()
         return mu_q, MergeState(hm)

@@ -115,7 +115,7 @@ class LatentGroups(nn.Module):
     def forward(self, x01: torch.Tensor, prefixes=(), mixed: bool = True, quality=None):
         """Training pass: ``(bits, recon)``, bits per group and image
         (T x B) and the reconstructions of the prefixes (see ``walk``)."""
-        ctx = self.begin(x01)
+        ctx = self.begin(x01, quality)
         st, enc = self.init_state(x01.shape[0], x01.shape[-2], x01.shape[-1], x01.device, quality=quality)
         noisy = Noisy(self, ctx, enc, mixed)
         recon = walk(self, st, noisy, self.num_groups, prefixes=prefixes)

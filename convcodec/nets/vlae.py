@@ -125,7 +125,7 @@ class VLAE(LatentGroups):
                       torch.device(device or "cpu"))
         return st, None
 
-    def begin(self, x01: torch.Tensor) -> list[torch.Tensor]:
+    def begin(self, x01: torch.Tensor, quality=None) -> list[torch.Tensor]:
         """The inference ladder: h_l for every level, shallowest first."""
         h = run_analysis(self.g_a, x01, 2 ** len(self.cfg.analysis))
         feats = []
