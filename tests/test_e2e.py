@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convcodec import zoo
+
 from .conftest import smooth_image
 
 EXE = shutil.which("convcodec", path=os.path.dirname(sys.executable)) or shutil.which("convcodec")
@@ -81,9 +83,9 @@ def test_several_files_into_a_folder_with_one_failure(tmp_path, png, tiny_vr):
 
 def test_models_and_help():
     code, text, _ = cli("models")
-    assert code == 0 and b"matnet-vr3 (default" in text and b"superseded by" not in text
+    assert code == 0 and f"{zoo.DEFAULT_MODEL} (default".encode() in text and b"superseded by" not in text
     code, text, _ = cli("models", "--all")
-    assert code == 0 and b"matnet-vr3 (default" in text
+    assert code == 0 and f"{zoo.DEFAULT_MODEL} (default".encode() in text
     code, text, _ = cli("--help")
     assert code == 0 and b"compress" in text and b"decompress" in text
     code, text, _ = cli("compress", "--help")

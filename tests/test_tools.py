@@ -250,3 +250,23 @@ def test_ceiling_rounded_is_the_files_picture_and_the_ceiling_ignores_the_qualit
         assert abs(r["rounded"] - psnr(rgb, pic)) < 0.05
     assert max(r["unrounded"] for r in res.values()) - min(r["unrounded"] for r in res.values()) < 1e-3
     assert res[1]["rounded"] != res[1]["unrounded"]
+
+    # the encoder's quality input (an encoder_quality model whose quality
+    # weights are not zero): the file's own u is what the codec writes, another
+    # u makes another file that the decoder still reads
+    import torch
+    from convcodec import zoo
+    from convcodec.nets.matnet import MatNet, MatNetConfig
+    from convcodec.train import _init_from
+    m = MatNet(MatNetConfig.from_dict({**zoo.load_model(tiny_vr)[0].cfg.to_dict(), "encoder_quality": True}))
+    _init_from(tiny_vr, m)
+    with torch.no_grad():
+        for mm in m.merge:
+            mm.c1.weight[:, -1].normal_(0, 1.0)
+    eq = os.path.join(os.path.dirname(tiny_vr), "eq-tools")
+    zoo.save_model(m, eq, {"name": "eq-tools"})
+    eq += ".safetensors"
+    own = ceiling.file_with_encoder_u(eq, rgb, 60, None)
+    assert own == ceiling.file_with_encoder_u(eq, rgb, 60, 59 / 99)
+    assert own["bpp"] == 8 * len(codec.encode(rgb, model=eq, quality=60).data) / (40 * 56)
+    assert ceiling.file_with_encoder_u(eq, rgb, 60, 0.0) != own

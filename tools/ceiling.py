@@ -8,10 +8,14 @@ autoencoder's ceiling: no number of bits can do better with these
 transforms. Where the rounded PSNR at the top quality is already close to
 it, more bits cannot buy quality and only the transforms (capacity,
 training) can; where it is far below, the quantization grid is the limit.
-(The encoder's means do not depend on the quality, only the grid does, so
-the ceiling is one number per image.)
+(Without ``encoder_quality`` the encoder's means do not depend on the
+quality, only the grid does, so the ceiling is one number per image.)
 
-    python tools/ceiling.py --model matnet-vr4 --every 4 --qualities 50,100 --json docs/kodak/ceiling.json
+``--encoder-u U`` also codes real files whose encoder is fed the quality
+u = U instead of the file's own (an ``encoder_quality`` model; the decoder
+still uses the file's): what the encoder's quality input is worth.
+
+    python tools/ceiling.py --model matnet-vr4 --every 4 --qualities 1,50,100 --encoder-u 0.5 --json docs/kodak/ceiling_vr4.json
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 from convcodec import codec
 from convcodec.image import load_image
 from convcodec.metrics import psnr
+from convcodec.nets.matnet import MatNet
 from convcodec.nets.rollout import quantize, walk
 from convcodec.zoo import load_model
 
@@ -62,6 +67,19 @@ def ceiling(model: str, rgb: np.ndarray, quality: int) -> dict:
     return out
 
 
+def file_with_encoder_u(model: str, rgb: np.ndarray, quality: int, encoder_u: float | None) -> dict:
+    """bpp and PSNR of a real file at ``quality`` whose encoder saw the
+    quality u = ``encoder_u`` (None: the file's own, as the codec does)."""
+    orig = MatNet._quality_map
+    if encoder_u is not None:        # only the encoder calls _quality_map; the decoder never does
+        MatNet._quality_map = lambda self, u, like: orig(self, encoder_u, like)
+    try:
+        data = codec.encode(rgb, model=model, quality=quality).data
+    finally:
+        MatNet._quality_map = orig
+    return {"bpp": 8 * len(data) / (rgb.shape[0] * rgb.shape[1]), "psnr": psnr(rgb, codec.decode(data, model=model))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -69,6 +87,8 @@ def main():
     ap.add_argument("--every", type=int, default=4, help="every N-th image")
     ap.add_argument("--qualities", default="50,100")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder-u", type=float, default=None,
+                    help="also code files whose encoder sees this u instead of the file's (encoder_quality models)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -78,15 +98,26 @@ def main():
     for p in paths:
         rgb = load_image(p)
         for q in quals:
-            rows.append({"image": os.path.basename(p), "quality": q, **ceiling(a.model, rgb, q)})
+            row = {"image": os.path.basename(p), "quality": q, **ceiling(a.model, rgb, q)}
+            if a.encoder_u is not None:
+                own, other = (file_with_encoder_u(a.model, rgb, q, v) for v in (None, a.encoder_u))
+                row.update({"file_bpp": own["bpp"], "file_psnr": own["psnr"],
+                            "other_u_bpp": other["bpp"], "other_u_psnr": other["psnr"]})
+            rows.append(row)
     print(f"{'quality':>7}  {'rounded (file) dB':>17}  {'unrounded (ceiling) dB':>22}  images: {len(paths)}")
     summary = []
     for q in quals:
         r = [v for v in rows if v["quality"] == q]
         s = {"quality": q, "rounded": float(np.mean([v["rounded"] for v in r])),
              "unrounded": float(np.mean([v["unrounded"] for v in r]))}
+        line = f"{q:>7}  {s['rounded']:>17.3f}  {s['unrounded']:>22.3f}"
+        if a.encoder_u is not None:
+            for k in ("file_bpp", "file_psnr", "other_u_bpp", "other_u_psnr"):
+                s[k] = float(np.mean([v[k] for v in r]))
+            line += (f"   file: {s['file_bpp']:.4f} bpp {s['file_psnr']:.3f} dB; encoder fed u={a.encoder_u}: "
+                     f"{s['other_u_bpp']:.4f} bpp {s['other_u_psnr']:.3f} dB")
         summary.append(s)
-        print(f"{q:>7}  {s['rounded']:>17.3f}  {s['unrounded']:>22.3f}")
+        print(line)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"model": load_model(a.model)[1]["name"], "images": [os.path.basename(p) for p in paths],
