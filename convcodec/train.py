@@ -66,6 +66,7 @@ class TrainConfig:
     distortion: str = "mse"                   # mse (lambda * 255^2 * MSE) or msssim (lambda * (1 - MS-SSIM))
     mixed: bool = True                        # decoder sees rounded latents (straight-through), rate from noise
     compile: bool = False                     # torch.compile each block (faster after a minute of compiling)
+    snapshots: bool = False                   # also keep each checkpoint's export as snapshots/min-MMM (learning curves)
 
 
 def load_images(folders, seed=0) -> list[torch.Tensor]:
@@ -423,12 +424,15 @@ def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, na
                 "step": run.step, "elapsed": run.elapsed, "loss_avg": loss_avg, "rngs": rngs,
                 "world": world, "model_cfg": model_cfg, "train_cfg": asdict(tc)}, tmp)
     os.replace(tmp, ckpt_path)
-    save_model(run.ema, os.path.join(out_dir, name), {
-        "name": name, "training": {"iterations": run.step, "minutes": round(run.elapsed / 60, 1),
-                                   "batch": tc.batch * world, "crop": tc.crop, "lambda": tc.lmbda,
-                                   "lambda_first": tc.lmbda_first or tc.lmbda,
-                                   "distortion": tc.distortion,
-                                   "init": tc.init or None, "data": list(tc.data)}})
+    card = {"name": name, "training": {"iterations": run.step, "minutes": round(run.elapsed / 60, 1),
+                                       "batch": tc.batch * world, "crop": tc.crop, "lambda": tc.lmbda,
+                                       "lambda_first": tc.lmbda_first or tc.lmbda,
+                                       "distortion": tc.distortion,
+                                       "init": tc.init or None, "data": list(tc.data)}}
+    save_model(run.ema, os.path.join(out_dir, name), card)
+    if tc.snapshots:        # what tools/learning_curve.py sweeps, named by the run's own minutes
+        os.makedirs(os.path.join(out_dir, "snapshots"), exist_ok=True)
+        save_model(run.ema, os.path.join(out_dir, "snapshots", f"min-{round(run.elapsed / 60):03d}"), card)
 
 
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):

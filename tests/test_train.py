@@ -145,9 +145,13 @@ def test_compiled_blocks_match_eager_and_keep_the_checkpoint_keys(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     Image.fromarray(smooth_image(48, 64)).save(data / "0.png")
-    tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.01, warmup=2, ckpt_minutes=100, compile=True)
+    tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.01, warmup=2, ckpt_minutes=100, compile=True,
+                     snapshots=True)
     train(TINY.to_dict(), tc, str(tmp_path / "run"), "c")
     zoo.load_model(str(tmp_path / "run" / "c.safetensors"))
+    # --snapshots keeps each export under the run's minutes, for tools/learning_curve.py
+    snap, _ = zoo.load_model(str(tmp_path / "run" / "snapshots" / "min-000.safetensors"))
+    assert snap.cfg == zoo.load_model(str(tmp_path / "run" / "c.safetensors"))[0].cfg
 
 
 def test_init_widens_transforms_without_changing_them(tmp_path):
