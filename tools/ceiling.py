@@ -50,17 +50,13 @@ class Posterior:
 def ceiling(model: str, rgb: np.ndarray, quality: int) -> dict:
     """PSNR of the float decode from rounded and from unrounded offsets (all groups)."""
     net, _ = load_model(model)
-    q = quality if codec.is_variable_rate(net) else 0
     h, w = rgb.shape[:2]
     x = codec._pad(torch.tensor(rgb).permute(2, 0, 1)[None].float().div(255), net.cfg.stride)
     out = {}
     with torch.inference_mode():
         for rounded in (True, False):
-            ctx = codec._begin(net, x, q)
-            st, enc = codec._start(net, 1, *x.shape[-2:], "cpu", q)
-            # training's view of the quality: one u per image, as a tensor
-            if codec.is_variable_rate(net):
-                st.u = torch.tensor([codec.quality_u(q)])
+            ctx = codec._begin(net, x, quality)
+            st, enc = codec._start(net, 1, *x.shape[-2:], "cpu", quality)
             rec = walk(net, st, Posterior(net, ctx, enc, rounded), net.num_groups)
             pic = codec._to_uint8(rec, h, w)
             out["rounded" if rounded else "unrounded"] = psnr(rgb, pic)
@@ -71,7 +67,9 @@ def file_with_encoder_u(model: str, rgb: np.ndarray, quality: int, encoder_u: fl
     """bpp and PSNR of a real file at ``quality`` whose encoder saw the
     quality u = ``encoder_u`` (None: the file's own, as the codec does)."""
     orig = MatNet._quality_map
-    if encoder_u is not None:        # only the encoder calls _quality_map; the decoder never does
+    # When coding, only the encoder calls _quality_map (g_a, the merges); the
+    # decoder's scales come from the exact path and never see it.
+    if encoder_u is not None:
         MatNet._quality_map = lambda self, u, like: orig(self, encoder_u, like)
     try:
         data = codec.encode(rgb, model=model, quality=quality).data

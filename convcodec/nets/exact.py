@@ -109,6 +109,7 @@ class ExactConv:
             raise ValueError(f"weights too large for exact fixed point ({worst:.3g} >= {_SUM_LIMIT:.3g})")
         self.k = w.shape[-1]
         self.taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(-1, w.shape[0], w.shape[1]))  # taps x O x C
+        self.w_all = np.ascontiguousarray(self.taps.transpose(1, 0, 2).reshape(w.shape[0], -1))    # O x (taps C), im2col
         self.b = b.reshape(-1, 1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -283,7 +284,6 @@ def fixed_conv(conv: ExactConv, x: np.ndarray) -> np.ndarray:
     out = np.empty((o, h, w), dtype=np.float32)
     acc_buf = np.empty((o, min(rows, h) * wp))
     if im2col:
-        w_all = conv.taps.transpose(1, 0, 2).reshape(o, k * k * c)          # O x (taps C)
         col_buf = np.empty((k * k * c, min(rows, h) * wp))
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
@@ -294,7 +294,7 @@ def fixed_conv(conv: ExactConv, x: np.ndarray) -> np.ndarray:
             for t in range(k * k):
                 off = (r0 + t // k) * wp + t % k
                 cols[t * c:(t + 1) * c] = flat[:, off:off + m]
-            np.matmul(w_all, cols, out=acc)
+            np.matmul(conv.w_all, cols, out=acc)
             acc += conv.b
         else:
             acc[...] = conv.b

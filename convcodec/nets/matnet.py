@@ -287,8 +287,7 @@ class MatNet(LatentGroups):
             d = st.hist[j]
             f = hs // d.shape[-2]
             maps.append(d.repeat_interleave(f, -2).repeat_interleave(f, -1) if f > 1 else d)
-        u = st.u if self.cfg.rate_knots else st.h.new_zeros(b)
-        maps.append(u.float().view(-1, 1, 1, 1).expand(b, 1, hs, ws))
+        maps.append(self._quality_map(st.u if self.cfg.rate_knots else 0.0, st.h))
         return torch.cat(maps, 1)
 
     def log_sigma(self, st: TopDownState) -> torch.Tensor:
