@@ -18,6 +18,7 @@ from . import __version__
 from .container import ContainerError, unpack
 from .fileio import OutputError, atomic_output, check_not_input
 from .image import ImageError
+from .quality import QUALITY_RANGE
 
 EXAMPLES = """
 \b
@@ -176,7 +177,7 @@ def main():
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output .cdr file ('-': stdout), or a folder for several inputs "
               "[default: each INPUT with .cdr].")
-@click.option("--quality", type=click.IntRange(1, 100), default=None,
+@click.option("--quality", type=click.IntRange(*QUALITY_RANGE), default=None,
               help="Quality 1..100 of a variable-rate model (higher: more bytes, closer to the "
               "original) [default: 50].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,

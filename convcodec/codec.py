@@ -23,6 +23,7 @@ from .entropy import DesyncError, read_group as _read_group
 from .container import CdrFile, ContainerError, Header, overhead_bytes, pack, unpack
 from .nets.layers import gaussian_bits
 from .nets.rollout import Coded, quantize, walk
+from .quality import DEFAULT_QUALITY, QUALITY_RANGE, check_quality as _check_quality, quality_u  # noqa: F401 (re-exported)
 from .zoo import ModelError, load_model
 
 
@@ -74,25 +75,6 @@ def coding_net(net):
 
 def is_variable_rate(net) -> bool:
     return bool(getattr(net.cfg, "rate_knots", 0))
-
-
-# The default sits near the knee of matnet-vr's curve (above quality 60 its PSNR saturated
-# near 30 dB on Kodak); matnet-vr3 keeps it (0.50 bpp, 30.4 dB on Kodak, vs 0.43 and 29.3).
-DEFAULT_QUALITY = 50
-QUALITY_RANGE = (1, 100)
-
-
-def quality_u(quality: int) -> float:
-    """Quality 1..100 -> the model's rate position u in [0, 1] (u = 0 is the
-    smallest lambda of its range, u = 1 the largest)."""
-    return (int(quality) - 1) / 99.0
-
-
-def _check_quality(quality) -> int:
-    q = int(quality)
-    if q != quality or not QUALITY_RANGE[0] <= q <= QUALITY_RANGE[1]:
-        raise ValueError(f"quality must be an integer from {QUALITY_RANGE[0]} to {QUALITY_RANGE[1]}, not {quality!r}")
-    return q
 
 
 def _table(version: int):

@@ -27,6 +27,7 @@ from .container import CdrFile
 from .entropy import read_group
 from .nets.exact import ExactConv, ExactScales, FixedConvTranspose, FixedGDN, fixed_conv
 from .nets.walk import Prior, walk
+from .quality import quality_u
 from .zoo import ModelError, check_identity, load_arrays
 
 MAX_PIXELS = 4_000_000     # larger images go to the torch decoder, which works in tiles
@@ -114,7 +115,7 @@ class NumpyMatNet:
         ph, pw = hd.height + (-hd.height) % self.stride, hd.width + (-hd.width) % self.stride
         top = self.s["h_top"][0]
         h = np.broadcast_to(top, (top.shape[0], ph // self.stride, pw // self.stride)).astype(np.float32)
-        return State(h, 0, (hd.quality - 1) / 99.0 if self.rate_knots else None)
+        return State(h, 0, quality_u(hd.quality) if self.rate_knots else None)
 
     def prior(self, st: State):
         return self.prior_mean(st.g, st.h), None

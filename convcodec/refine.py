@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .nets.rollout import Given, lambda_t, quantize, walk
+from .quality import quality_lambda
 from .zoo import ModelError
 
 BF16 = True       # the models trained under bf16 autocast; refinement runs 1.4x faster under it on CPU
@@ -36,8 +37,7 @@ def model_lambda(card: dict, stored: int, groups: int, cfg=None, quality: int = 
     """The distortion weight the model was trained with for a file of
     ``stored`` groups (a variable-rate model: at the file's quality)."""
     if cfg is not None and getattr(cfg, "rate_knots", 0):
-        lo, hi = cfg.lambdas
-        return lo * (hi / lo) ** ((quality - 1) / 99.0)
+        return quality_lambda(cfg.lambdas, quality)
     tr = card.get("training") or {}
     if not isinstance(tr.get("lambda"), (int, float)):
         raise ModelError("this model's card does not say the lambda it was trained with, "

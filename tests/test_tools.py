@@ -164,6 +164,23 @@ def test_envelopes_per_backbone_name_their_points():
     assert set(compare.envelopes(agg, {"a": "convdraw", "b": "convdraw"})) == {"convcodec (envelope)"}
 
 
+def test_card_curves_take_a_variable_rate_models_quality_sweep():
+    """A variable-rate model's card row is its quality sweep (the curve a
+    compare run measures for it), a single-rate model's its steps table."""
+    from convcodec.zoo import installed_cards
+    compare = _tool("compare")
+    cards = installed_cards()
+    vr = next(n for n, c in cards.items() if c["config"].get("rate_knots") and c.get("kodak", {}).get("images") == 24)
+    sr = next(n for n, c in cards.items() if not c["config"].get("rate_knots") and c.get("kodak", {}).get("images") == 24)
+    got = compare.card_curves(f"{vr},{sr}", 24)
+    sweep = cards[vr]["kodak"]["quality_sweep"]
+    assert [p["setting"] for p in got[f"convcodec {vr} (card)"]] == [f"quality {r['quality']}" for r in sweep]
+    assert [p["bpp"] for p in got[f"convcodec {vr} (card)"]] == [r["bpp"] for r in sweep]
+    assert [p["setting"] for p in got[f"convcodec {sr} (card)"]] == [
+        f"steps {r['steps']}" for r in cards[sr]["kodak"]["rd"]]
+    assert compare.card_curves(vr, 6) == {}             # measured on other images: left out
+
+
 def test_probe_redraws_one_group_at_a_time(tiny_vr, tiny_model):
     probe = _tool("probe")
     rgb = smooth_image(40, 56, seed=3)

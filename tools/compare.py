@@ -279,8 +279,10 @@ def main():
 
 
 def card_curves(names: str, n_images: int) -> dict:
-    """PSNR curves of models from their cards (mean bpp and PSNR per number
-    of groups, measured by tools/evaluate.py on the 24 Kodak images)."""
+    """PSNR curves of models from their cards (tools/evaluate.py on the 24
+    Kodak images): a variable-rate model's quality sweep (all groups, the
+    curve this run measures for a model it encodes), else the table over the
+    number of stored groups."""
     from convcodec.zoo import current_models, installed_cards
     if not names:
         return {}
@@ -290,13 +292,15 @@ def card_curves(names: str, n_images: int) -> dict:
     out = {}
     for n in names.split(","):
         k = cards[n].get("kodak") or {}
-        if k.get("images") != n_images or not k.get("rd"):
+        rows = k.get("quality_sweep") or k.get("rd")
+        if k.get("images") != n_images or not rows:
             print(f"note: {n}'s card has no table for {n_images} images; left out", file=sys.stderr)
             continue
-        out[f"convcodec {n} (card)"] = [{"setting": f"steps {r['steps']}", "bpp": r["bpp"], "psnr": r["psnr"],
-                                         "ms_ssim": None, "encode_s": k.get("encode_s_median", 0.0),
-                                         "decode_s": k.get("decode_s_median", 0.0), "images": n_images}
-                                        for r in k["rd"]]
+        out[f"convcodec {n} (card)"] = [
+            {"setting": f"quality {r['quality']}" if "quality" in r else f"steps {r['steps']}",
+             "bpp": r["bpp"], "psnr": r["psnr"], "ms_ssim": None, "encode_s": k.get("encode_s_median", 0.0),
+             "decode_s": k.get("decode_s_median", 0.0), "images": n_images}
+            for r in rows]
     return out
 
 
