@@ -3,7 +3,7 @@
 loss, rate (bpp, training crops), PSNR of the full decode and of the prefix
 decode. Several runs in one figure compare backbones at equal compute.
 
-    python tools/plot_log.py runs/convdraw-prog runs/matnet-base --out docs/training.png
+    python tools/plot_log.py runs/matnet-vr5 --out docs/kodak/training_vr5.png
 
 Prints, per run, the mean of the last few records and the records closest to
 a few common minute marks.

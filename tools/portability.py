@@ -93,8 +93,9 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--engines", default="torch", help="decoders to run on each simulated machine "
-                    "(torch, numpy; the numpy decoder also runs natively in every case)")
+    ap.add_argument("--engines", default="torch,numpy", help="decoders to run on each simulated machine "
+                    "(torch, numpy; with numpy it also runs natively; a file the numpy decoder "
+                    "cannot take, such as VLAE's, gets torch alone)")
     ap.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

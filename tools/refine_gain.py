@@ -5,7 +5,7 @@ For each model and image: the plain encode and the refined one, both with
 bits from the real .cdr file and PSNR from decoding it, and the encode times.
 Prints a table and, with --json, writes the per-image numbers.
 
-    python tools/refine_gain.py --models convdraw-v2 matnet-v2 --iters 40 --every 4
+    python tools/refine_gain.py --models matnet-vr5 --iters 40 --every 4
 """
 from __future__ import annotations
 
