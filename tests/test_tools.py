@@ -112,6 +112,35 @@ def test_bench_prints_and_writes_its_figures(tmp_path, tiny_model, monkeypatch, 
     assert all(x > 0 for x in run["decode_many"].values()) and run["peak_rss_mib"] > 0
 
 
+def test_learning_curve_reuses_rows_of_the_same_weights(tmp_path, monkeypatch, capsys):
+    """--reuse takes an earlier run's rows for snapshots with the same
+    SHA-256 (a curve grows by its new snapshots only) and measures the rest."""
+    from .conftest import make_tiny_vr
+    lc = _tool("learning_curve")
+    snaps, imgs = tmp_path / "snaps", tmp_path / "imgs"
+    snaps.mkdir(); imgs.mkdir()
+    make_tiny_vr(snaps / "min-000", seed=0)
+    make_tiny_vr(snaps / "min-004", seed=1)
+    Image.fromarray(smooth_image(48, 64)).save(imgs / "kodim01.png")
+    first = tmp_path / "lc.json"
+    argv = ["learning_curve.py", str(snaps), "--images", str(imgs), "--every", "1", "--qualities", "1,100"]
+    monkeypatch.setattr(sys, "argv", argv + ["--json", str(first)])
+    lc.main()
+    old = json.loads(first.read_text())
+    assert [r["minutes"] for r in old["rows"]] == [0.0, 4.0]
+    assert all(r["points"][0][0] < r["points"][1][0] for r in old["rows"])      # quality 100: more bits
+    make_tiny_vr(snaps / "min-008", seed=2)
+    measured = []
+    real = lc.sweep
+    monkeypatch.setattr(lc, "sweep", lambda m, *a: measured.append(os.path.basename(m)) or real(m, *a))
+    again = tmp_path / "lc2.json"
+    monkeypatch.setattr(sys, "argv", argv + ["--json", str(again), "--reuse", str(first)])
+    lc.main()
+    new = json.loads(again.read_text())
+    assert measured == ["min-008.safetensors"]
+    assert new["rows"][:2] == old["rows"] and new["rows"][2]["minutes"] == 8.0
+
+
 def test_plot_log_reads_resumed_and_skipped_records(tmp_path, monkeypatch, capsys):
     plot_log = _tool("plot_log")
     run = tmp_path / "run"
