@@ -6,7 +6,7 @@ byte exactly as the torch codec writes it: one definition for both.
 from __future__ import annotations
 
 # The default sits near the knee of matnet-vr's curve (above quality 60 its PSNR saturated
-# near 30 dB on Kodak); matnet-vr3 keeps it (0.50 bpp, 30.4 dB on Kodak, vs 0.43 and 29.3).
+# near 30 dB on Kodak); later flagships keep it (matnet-vr5: 0.50 bpp, 30.86 dB on Kodak).
 DEFAULT_QUALITY = 50
 QUALITY_RANGE = (1, 100)
 
