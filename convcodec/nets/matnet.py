@@ -63,8 +63,8 @@ class MatNetConfig:
     # posterior means are the same at every rate and only the grid changes,
     # so one encoder compromises between lambdas 625x apart (measured on
     # matnet-vr3 at quality 100: latents optimised for MSE alone decoded 1.2
-    # and 2.0 dB better than the encoder's on two Kodak crops; README, "The
-    # encoder sees the rate"). The decoder is unchanged: no decode cost.
+    # and 2.0 dB better than the encoder's on two Kodak crops; docs/campaign.md,
+    # "The encoder sees the rate"). The decoder is unchanged: no decode cost.
     encoder_quality: bool = False
 
     @property
