@@ -175,10 +175,20 @@ def _init_from(init: str, model) -> str:
     start at zero, and a GDN's new channels start uncoupled from the old
     ones, so the new channels are computed but change nothing until trained
     (tests/test_train.py checks it on g_s and g_a). A transposed convolution
-    cannot be widened this way and is refused."""
+    cannot be widened this way and is refused. Latent groups appended at the
+    finest scale start silent (``MatNet.start_silent``)."""
     from .nets.layers import GDN
     from .zoo import load_model
     src, info = load_model(init)
+    mine_g, their_g = getattr(model.cfg, "groups", None), getattr(src.cfg, "groups", None)
+    grown = 0
+    if mine_g is not None and their_g is not None and tuple(mine_g) != tuple(their_g):
+        # Modules are named by group index, so only groups appended at the
+        # finest scale keep every old name's meaning.
+        if tuple(mine_g[:-1]) != tuple(their_g[:-1]) or mine_g[-1] < their_g[-1]:
+            raise ValueError(f"groups {list(their_g)} -> {list(mine_g)}: only groups added at the "
+                             "finest scale (the last entry) can be grown into")
+        grown = mine_g[-1] - their_g[-1]
     mine, theirs = model.state_dict(), src.state_dict()
     whole = block = 0
     with torch.no_grad():
@@ -201,9 +211,12 @@ def _init_from(init: str, model) -> str:
                 mine[k][n:, :n] = 0
             mine[k][sl].copy_(v[sl])
             block += mine[k][sl].numel()
+    if grown:
+        model.start_silent(sum(their_g))
     total = sum(v.numel() for v in mine.values())
     return (f"initialised {whole} of {total} parameters from {info['name']} ({info['sha256'][:12]}), "
-            f"and {block} more as leading blocks of differently shaped tensors")
+            f"and {block} more as leading blocks of differently shaped tensors"
+            + (f"; {grown} new latent group(s) at the finest scale start silent" if grown else ""))
 
 
 MAX_STEP_SECONDS = 300.0     # the most one training step counts (see the loop)

@@ -1,9 +1,11 @@
 """The training loop runs, exports a loadable model and resumes exactly where it stopped."""
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from convcodec import codec, zoo
+from convcodec.entropy import symbol_crc
 from convcodec.train import TrainConfig, train
 
 from .conftest import TINY, smooth_image
@@ -174,3 +176,48 @@ def test_init_widens_transforms_without_changing_them(tmp_path):
         st, _ = src.init_state(1, 64, 96, quality=torch.tensor([0.3]))
         st.h = torch.randn_like(st.h.repeat_interleave(4, -2).repeat_interleave(4, -1))
         torch.testing.assert_close(src.render(st), wide.render(st), rtol=1e-5, atol=1e-6)
+
+
+def _chunks(model_path, x, quality):
+    from convcodec import codec
+    return codec.encode(x, model=model_path, quality=quality).cdr.chunks
+
+
+def test_init_widens_finest_h_b_without_changing_the_files(tmp_path):
+    """--init into a wider h_b at the finest scale (bu_width, encoder only):
+    the new BU channels enter every merge module through zero weights, so
+    the grown encoder stores the source's symbols, byte for byte."""
+    from convcodec.nets.matnet import MatNet
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, make_tiny_vr
+    src_path = make_tiny_vr(tmp_path / "src")
+    wide = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "analysis": [8, 8, 20], "bu_width": 20}))
+    _init_from(src_path, wide)
+    assert wide.merge[-1].c1.in_channels == 2 * 8 + 20 and wide.merge[0].c1.in_channels == 3 * 8
+    zoo.save_model(wide.eval(), tmp_path / "wide", {"name": "tiny-vr"})
+    x = (np.random.default_rng(1).random((40, 72, 3)) * 255).astype(np.uint8)
+    for q in (1, 60, 100):
+        assert _chunks(src_path, x, q) == _chunks(str(tmp_path / "wide.safetensors"), x, q)
+
+
+def test_init_appends_silent_groups_at_the_finest_scale(tmp_path):
+    """--init into more groups at the finest scale: the old groups store the
+    source's symbols, the new one only zeros (its means start at zero), so
+    training starts from the source's files; groups elsewhere are refused."""
+    from convcodec import codec
+    from convcodec.nets.matnet import MatNet
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, make_tiny_vr
+    src_path = make_tiny_vr(tmp_path / "src")
+    grown = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "groups": [1, 2, 3]}))
+    assert "1 new latent group" in _init_from(src_path, grown)
+    zoo.save_model(grown.eval(), tmp_path / "grown", {"name": "tiny-vr"})
+    x = (np.random.default_rng(2).random((40, 72, 3)) * 255).astype(np.uint8)
+    for q in (1, 100):
+        old = _chunks(src_path, x, q)
+        enc = codec.encode(x, model=str(tmp_path / "grown.safetensors"), quality=q)
+        assert enc.cdr.chunks[:5] == old
+        # the new group's symbols (4 maps at 1/8 of the padded 64 x 96) are all 0
+        assert enc.cdr.symbol_crcs[5] == symbol_crc(np.zeros(4 * 8 * 12, dtype=np.int32))
+    with pytest.raises(ValueError, match="finest scale"):
+        _init_from(src_path, MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "groups": [1, 3, 2]})))

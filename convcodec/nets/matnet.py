@@ -25,6 +25,7 @@ scales and lets the prior regenerate the finer ones.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,7 +46,13 @@ class MatNetConfig:
     width: int = 64                     # channels of h_b, h_t and h_m at every scale
     groups: tuple = (2, 3, 3)           # stochastic TD modules per scale, coarsest first
     bu_blocks: int = 1                  # BU residual modules per scale (Eq. 9)
-    analysis: tuple = (64, 64, 64)      # g_a: image -> finest latent scale; last = width
+    analysis: tuple = (64, 64, 64)      # g_a: image -> finest latent scale; last = bu_width
+    # Channels of h_b at the finest scale (0: width). Encoder only: the merge
+    # modules there read them; the decoder never does, so no decode cost.
+    # Why: with h_b as wide as the ladder, 64 numbers per 8x8 block of 192
+    # pixel values are all the posteriors of the finest groups can know of
+    # the image (docs/campaign.md, "A wider view of the image").
+    bu_width: int = 0
     synthesis: tuple = (64, 64)         # g_s widths from the finest scale upwards (then RGB)
     # Variable rate (Cui et al. 2021, gain units): a table of log bin-width
     # gains per (knot, group, latent map); quality u in [0, 1] interpolates it
@@ -66,6 +73,10 @@ class MatNetConfig:
     # and 2.0 dB better than the encoder's on two Kodak crops; docs/campaign.md,
     # "The encoder sees the rate"). The decoder is unchanged: no decode cost.
     encoder_quality: bool = False
+
+    @property
+    def finest_bu(self) -> int:
+        return self.bu_width or self.width
 
     @property
     def stride(self) -> int:
@@ -163,18 +174,19 @@ class MatNet(LatentGroups):
 
     def __init__(self, cfg: MatNetConfig):
         super().__init__()
-        assert cfg.analysis[-1] == cfg.width, "g_a produces the finest BU state"
+        assert cfg.analysis[-1] == cfg.finest_bu, "g_a produces the finest BU state"
         self.cfg = cfg
-        C, L, S = cfg.width, cfg.latent, len(cfg.groups)
+        C, L, S, Cb = cfg.width, cfg.latent, len(cfg.groups), cfg.finest_bu
         if cfg.encoder_quality and not cfg.rate_knots:
             raise ValueError("encoder_quality needs a variable-rate model (rate_knots > 0)")
         q = int(cfg.encoder_quality)        # the quality map, last input channel of g_a and the merges
         self.g_a = analysis(3 + q, cfg.analysis)
         self.g_s = synthesis(C, cfg.synthesis, 3)
-        # bottom-up, finest scale first
-        self.bu = nn.ModuleList(nn.ModuleList(Residual(C, C) for _ in range(cfg.bu_blocks))
-                                for _ in range(S))
-        self.down = nn.ModuleList(nn.Conv2d(C, C, 3, stride=2, padding=1) for _ in range(S - 1))
+        # bottom-up, finest scale first (h_b there: Cb channels)
+        self.bu = nn.ModuleList(nn.ModuleList(Residual(c, c) for _ in range(cfg.bu_blocks))
+                                for c in [Cb] + [C] * (S - 1))
+        self.down = nn.ModuleList(nn.Conv2d(Cb if s == 0 else C, C, 3, stride=2, padding=1)
+                                  for s in range(S - 1))
         # top-down, coarsest scale first; one entry per group
         self.h_top = nn.Parameter(torch.zeros(1, C, 1, 1))
         n = sum(cfg.groups)
@@ -185,7 +197,8 @@ class MatNet(LatentGroups):
             nn.Sequential(nn.Conv2d(C, C, 3, padding=1), nn.LeakyReLU(0.1),
                           nn.Conv2d(C, p_out, 3, padding=1)) for _ in range(n))
         self.td = nn.ModuleList(Residual(C + L, C) for _ in range(n))
-        self.merge = nn.ModuleList(Residual(3 * C + q, C) for _ in range(n))
+        finest = [s == S - 1 for s, k in enumerate(cfg.groups) for _ in range(k)]
+        self.merge = nn.ModuleList(Residual(2 * C + q + (Cb if f else C), C) for f in finest)
         self.q_heads = nn.ModuleList(nn.Conv2d(C, L, 3, padding=1) for _ in range(n))
         self.up_t = nn.ModuleList(_up(C) for _ in range(S - 1))
         self.up_m = nn.ModuleList(_up(C) for _ in range(S - 1))
@@ -205,6 +218,34 @@ class MatNet(LatentGroups):
         for s, k in enumerate(cfg.groups):
             self._scale_of += [s] * k
             self._last_of_scale += [False] * (k - 1) + [True]
+
+    def start_silent(self, first: int):
+        """Groups ``first``.. were appended to the finest scale (``--init`` from
+        a model with fewer groups there): start them silent, so the grown
+        model stores the source's symbols in the old groups and zeros in the
+        new ones. Posterior and prior means start at zero (every offset 0), the
+        TD update starts as lrelu(h) (Residual's zero second conv; on a state
+        already through a leaky ReLU that shrinks its negative values tenfold:
+        -0.004 dB on kodim05 grown from matnet-vr5, which training undoes), the bin
+        widths copy the last old group's, and the scale starts small, 0.3
+        bins at the top quality (fewer below; under the coder's smallest
+        scale a 0 costs nearly nothing), but inside the range where it still
+        has a gradient, so training can open the group up."""
+        n = self.num_groups
+        if not 0 < first < n or self._scale_of[first - 1] != self._scale_of[n - 1]:
+            raise ValueError("only groups appended at the finest scale can start silent")
+        with torch.no_grad():
+            for g in range(first, n):
+                for conv in (self.prior_heads[g][-1], self.q_heads[g]):
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+                if self.cfg.rate_knots:
+                    self.log_gain[:, g] = self.log_gain[:, first - 1]
+                if self.cfg.exact_scales:
+                    top = self.log_width + self.log_gain[-1, g] if self.cfg.rate_knots else self.log_width
+                    c3 = self.scale_nets[g - 1].c3
+                    c3.weight.zero_()
+                    c3.bias.copy_(top + math.log(0.3))
 
     # ---- the group interface shared by trainer, encoder and decoder ----
     @property
@@ -303,9 +344,14 @@ class MatNet(LatentGroups):
         def step(hm, hb, ht, *um):
             hm = self.merge[g](hm, torch.cat([hm, hb, ht, *um], 1)).float()
             return hm, self.q_heads[g](hm).float()
-        maps = [enc.h, h_b[self._scale_of[g]], st.h]
+        hb, C = h_b[self._scale_of[g]], self.cfg.width
+        maps = [enc.h, hb[:, :C], st.h]
         if self.cfg.encoder_quality:
             maps.append(self._quality_map(st.u, st.h) - 0.5)
+        if hb.shape[1] > C:
+            # h_b's channels beyond the ladder's width come last, so a model
+            # grown from a narrower one (train --init) keeps every weight's input.
+            maps.append(hb[:, C:])
         hm, mu_q = by_tiles(step, *maps, halo=3)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             hm = self.up_m[self._scale_of[g]](hm).float()
