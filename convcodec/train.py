@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -445,7 +446,10 @@ def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, na
     save_model(run.ema, os.path.join(out_dir, name), card)
     if tc.snapshots:        # what tools/learning_curve.py sweeps, named by the run's own minutes
         os.makedirs(os.path.join(out_dir, "snapshots"), exist_ok=True)
-        save_model(run.ema, os.path.join(out_dir, "snapshots", f"min-{round(run.elapsed / 60):03d}"), card)
+        snap = os.path.join(out_dir, "snapshots", f"min-{round(run.elapsed / 60):03d}")
+        for ext in (".safetensors", ".json"):     # the export just written, not a second serialization
+            shutil.copyfile(os.path.join(out_dir, name) + ext, snap + ext + ".tmp")
+            os.replace(snap + ext + ".tmp", snap + ext)
 
 
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):

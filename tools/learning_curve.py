@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import numpy as np
 from convcodec import codec
 from convcodec.image import load_image
 from convcodec.metrics import interp_curve, psnr
+from convcodec.zoo import file_digest
 
 RATES = (0.25, 0.5, 1.0)
 
@@ -81,8 +81,7 @@ def main():
     print("|---:|---:|" + "---:|" * len(RATES) + "---|")
     for s in snaps:
         minutes = float(re.search(r"min-([\d.]+)\.safetensors", s).group(1))
-        with open(s, "rb") as fh:
-            sha = hashlib.sha256(fh.read()).hexdigest()
+        sha = file_digest(s)
         pts = known[sha]["points"] if sha in known else sweep(s, images, qs)
         at = {r: interp_curve([b for b, _ in pts], [p for _, p in pts], r) for r in RATES}
         row = {"snapshot": os.path.basename(s), "sha256": sha, "minutes": minutes,
