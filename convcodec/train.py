@@ -177,7 +177,9 @@ def _init_from(init: str, model) -> str:
     ones, so the new channels are computed but change nothing until trained
     (tests/test_train.py checks it on g_s and g_a). A transposed convolution
     cannot be widened this way and is refused. Latent groups appended at the
-    finest scale start silent (``MatNet.start_silent``)."""
+    finest scale start silent (``MatNet.start_silent``). A variable-rate
+    source with another lambda range has its quality inputs and gain table
+    re-expressed in ours (``MatNet.remap_quality``)."""
     from .nets.layers import GDN
     from .zoo import load_model
     src, info = load_model(init)
@@ -214,10 +216,16 @@ def _init_from(init: str, model) -> str:
             block += mine[k][sl].numel()
     if grown:
         model.start_silent(sum(their_g))
+    theirs_l, mine_l = getattr(src.cfg, "lambdas", None), getattr(model.cfg, "lambdas", None)
+    remapped = (getattr(src.cfg, "rate_knots", 0) and getattr(model.cfg, "rate_knots", 0)
+                and tuple(theirs_l) != tuple(mine_l))
+    if remapped:
+        model.remap_quality(theirs_l)
     total = sum(v.numel() for v in mine.values())
     return (f"initialised {whole} of {total} parameters from {info['name']} ({info['sha256'][:12]}), "
             f"and {block} more as leading blocks of differently shaped tensors"
-            + (f"; {grown} new latent group(s) at the finest scale start silent" if grown else ""))
+            + (f"; {grown} new latent group(s) at the finest scale start silent" if grown else "")
+            + (f"; quality remapped from lambdas {list(theirs_l)} to {list(mine_l)}" if remapped else ""))
 
 
 MAX_STEP_SECONDS = 300.0     # the most one training step counts (see the loop)

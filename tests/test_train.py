@@ -221,3 +221,42 @@ def test_init_appends_silent_groups_at_the_finest_scale(tmp_path):
         assert enc.cdr.symbol_crcs[5] == symbol_crc(np.zeros(4 * 8 * 12, dtype=np.int32))
     with pytest.raises(ValueError, match="finest scale"):
         _init_from(src_path, MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "groups": [1, 3, 2]})))
+
+
+def test_init_to_a_wider_lambda_range_keeps_the_models_function(tmp_path):
+    """--init into another lambda range: the source's u is affine in ours
+    (u_src = a u + b), and every layer that reads the quality, and the gain
+    table at our knots, are re-expressed so the model starts as the source
+    at the same lambda (away from the zero padding of the u - 1/2 channel)."""
+    import math
+    from convcodec.nets.matnet import MatNet
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, _perturb_zero_convs
+    torch.manual_seed(0)
+    cfg = {**TINY_VR.to_dict(), "encoder_quality": True, "lambdas": [0.001, 0.1]}
+    src = MatNet(type(TINY_VR).from_dict(cfg))
+    with torch.no_grad():
+        _perturb_zero_convs(src)
+        src.log_gain.normal_(0, 0.5)
+    zoo.save_model(src.eval(), tmp_path / "src", {"name": "tiny-vr"})
+    wide = MatNet(type(TINY_VR).from_dict({**cfg, "lambdas": [0.001, 1.0]}))
+    assert "quality remapped" in _init_from(str(tmp_path / "src.safetensors"), wide)
+    wide.eval()
+    a = math.log(1000) / math.log(100)                      # u_src = 1.5 u; our knots 0, 1/3, 2/3 -> 0, 1/2, 1
+    for u in (0.0, 1 / 3, 2 / 3):
+        for g in range(src.num_groups):
+            torch.testing.assert_close(wide.quality_bin_width(g, u, 1, "cpu", False),
+                                       src.quality_bin_width(g, a * u, 1, "cpu", False))
+
+        def inputs(conv, ch, value):
+            x = torch.randn(1, conv.in_channels, 12, 12, generator=torch.Generator().manual_seed(1))
+            x[:, ch] = value
+            return x
+        pairs = [(wide.g_a[0], src.g_a[0], 3, -0.5)]
+        pairs += [(w.c1, s.c1, 3 * 8, -0.5) for w, s in zip(wide.merge, src.merge)]
+        pairs += [(w.c1, s.c1, 2 * 4, 0.0) for w, s in zip(wide.scale_nets, src.scale_nets)]
+        with torch.no_grad():
+            for mine, theirs, ch, centre in pairs:
+                got = mine(inputs(mine, ch, u + centre))[..., 3:-3, 3:-3]
+                want = theirs(inputs(theirs, ch, a * u + centre))[..., 3:-3, 3:-3]
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -247,6 +247,49 @@ class MatNet(LatentGroups):
                     c3.weight.zero_()
                     c3.bias.copy_(top + math.log(0.3))
 
+    def remap_quality(self, src_lambdas):
+        """Weights copied from a variable-rate model whose lambda range was
+        ``src_lambdas``: re-express everything that reads the quality u so
+        the model keeps its function under this config's range (``--init``
+        to a wider range, e.g. a top quality that reaches 2 bpp). Both
+        ranges are log-spaced in u, so the source's u is affine in ours,
+        u_src = a u + b; where u_src lies in [0, 1] the model starts as the
+        source at the same lambda, beyond it as the source extrapolated:
+
+        * the gain table at our knots is the source's (piecewise linear in
+          u_src, extrapolated from its end segments);
+        * a convolution fed u - 1/2 (g_a, the merges) or u (the scale
+          networks) gets the weights of that channel times a and their sum
+          times the offset added to its bias. Only the zero padding of the
+          u - 1/2 channel at the image border still means u = 1/2 (it meant
+          u_src = 1/2): a border effect training absorbs."""
+        lo, hi = (math.log(v) for v in src_lambdas)
+        nlo, nhi = (math.log(v) for v in self.cfg.lambdas)
+        a, b = (nhi - nlo) / (hi - lo), (nlo - lo) / (hi - lo)
+        if not self.cfg.rate_knots:
+            raise ValueError("only a variable-rate model has a quality to remap")
+        with torch.no_grad():
+            k = self.log_gain.shape[0]
+            old = self.log_gain.detach().clone()
+            for j in range(k):
+                pos = (a * j / (k - 1) + b) * (k - 1)          # in the source's knot steps
+                i = min(max(int(math.floor(pos)), 0), k - 2)
+                f = pos - i
+                self.log_gain[j] = old[i] * (1 - f) + old[i + 1] * f
+
+            def reads_u(conv, ch, offset):
+                w = conv.weight[:, ch]
+                conv.bias.add_(w.sum((1, 2)) * offset)
+                w.mul_(a)
+            # u - 1/2 = a (u_ours - 1/2) + (a/2 + b - 1/2)
+            if self.cfg.encoder_quality:
+                reads_u(self.g_a[0], 3, a / 2 + b - 0.5)
+                for m in self.merge:
+                    reads_u(m.c1, 3 * self.cfg.width, a / 2 + b - 0.5)
+            if self.cfg.exact_scales:
+                for s in self.scale_nets:
+                    reads_u(s.c1, 2 * self.cfg.latent, b)
+
     # ---- the group interface shared by trainer, encoder and decoder ----
     @property
     def num_groups(self) -> int:
