@@ -220,6 +220,8 @@ def _init_from(init: str, model) -> str:
     remapped = (getattr(src.cfg, "rate_knots", 0) and getattr(model.cfg, "rate_knots", 0)
                 and tuple(theirs_l) != tuple(mine_l))
     if remapped:
+        if not hasattr(model, "remap_quality"):
+            raise ValueError(f"lambdas {list(theirs_l)} -> {list(mine_l)}: this backbone cannot remap its quality inputs")
         model.remap_quality(theirs_l)
     total = sum(v.numel() for v in mine.values())
     return (f"initialised {whole} of {total} parameters from {info['name']} ({info['sha256'][:12]}), "
