@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 
 import numpy as np
@@ -35,14 +34,13 @@ import torch
 
 from convcodec import codec
 from convcodec.image import load_image
+from convcodec.metrics import psnr
 from convcodec.zoo import load_model
 
 
-def _mse_psnr(rec: torch.Tensor, x: torch.Tensor) -> float:
-    # PSNR of the uint8 picture, as the codec would write it
-    q = rec.clamp(0, 1).mul(255).round()
-    mse = float((q - x.mul(255)).pow(2).mean())
-    return 10 * math.log10(255 ** 2 / mse)
+def _psnr(rec: torch.Tensor, rgb: np.ndarray) -> float:
+    """PSNR of the uint8 picture, as the codec would write it."""
+    return psnr(rgb, codec._to_uint8(rec, *rgb.shape[:2]))
 
 
 def encoder_latents(net, x: torch.Tensor, quality: int):
@@ -106,19 +104,19 @@ def main():
         shape = x.shape[-2:]
         with torch.no_grad():
             zs, st = encoder_latents(net, x, a.quality)
-            row = {"image": os.path.basename(p), "encoder": _mse_psnr(net.render(st), x)}
+            row = {"image": os.path.basename(p), "encoder": _psnr(net.render(st), rgb)}
         # the decoder's ceiling: every group's latents free
         zp = [z.clone().requires_grad_(True) for z in zs]
         optimise(zp, lambda: (net.render(decode_latents(net, zp, a.quality, shape)) - x).pow(2).mean(),
                  a.iters, a.lr)
         with torch.no_grad():
-            row["latents"] = _mse_psnr(net.render(decode_latents(net, zp, a.quality, shape)), x)
+            row["latents"] = _psnr(net.render(decode_latents(net, zp, a.quality, shape)), rgb)
         # g_s's ceiling: the state it reads free
         hp = st.h.detach().clone().requires_grad_(True)
         optimise([hp], lambda: (net.render(type(st)(hp, st.g, st.u, st.hist)) - x).pow(2).mean(),
                  a.iters, a.lr)
         with torch.no_grad():
-            row["g_s"] = _mse_psnr(net.render(type(st)(hp, st.g, st.u, st.hist)), x)
+            row["g_s"] = _psnr(net.render(type(st)(hp, st.g, st.u, st.hist)), rgb)
         rows.append(row)
         print(f"{row['image']}: encoder {row['encoder']:.2f} dB, latents free {row['latents']:.2f} dB, "
               f"g_s input free {row['g_s']:.2f} dB", flush=True)

@@ -263,11 +263,11 @@ class MatNet(LatentGroups):
           times the offset added to its bias. Only the zero padding of the
           u - 1/2 channel at the image border still means u = 1/2 (it meant
           u_src = 1/2): a border effect training absorbs."""
+        if not self.cfg.rate_knots:
+            raise ValueError("only a variable-rate model has a quality to remap")
         lo, hi = (math.log(v) for v in src_lambdas)
         nlo, nhi = (math.log(v) for v in self.cfg.lambdas)
         a, b = (nhi - nlo) / (hi - lo), (nlo - lo) / (hi - lo)
-        if not self.cfg.rate_knots:
-            raise ValueError("only a variable-rate model has a quality to remap")
         with torch.no_grad():
             k = self.log_gain.shape[0]
             old = self.log_gain.detach().clone()
