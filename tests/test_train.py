@@ -200,6 +200,34 @@ def test_init_widens_finest_h_b_without_changing_the_files(tmp_path):
         assert _chunks(src_path, x, q) == _chunks(str(tmp_path / "wide.safetensors"), x, q)
 
 
+def test_init_into_a_residual_read_keeps_the_files_then_the_read_matters(tmp_path):
+    """--init into an encoder that reads the residual (residual_read, encoder
+    only): the 192 residual channels enter the finest merges through zero
+    weights, so the grown encoder stores the source's symbols byte for
+    byte; once those weights are not zero, the symbols follow the residual
+    of what the decoder draws (and the decoder still decodes them)."""
+    from convcodec.nets.matnet import MatNet
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, make_tiny_vr
+    src_path = make_tiny_vr(tmp_path / "src")
+    rr = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "residual_read": True}))
+    _init_from(src_path, rr)
+    assert rr.merge[-1].c1.in_channels == 3 * 8 + 192 and rr.merge[0].c1.in_channels == 3 * 8
+    zoo.save_model(rr.eval(), tmp_path / "rr", {"name": "tiny-vr"})
+    x = (np.random.default_rng(1).random((40, 72, 3)) * 255).astype(np.uint8)
+    for q in (1, 60, 100):
+        assert _chunks(src_path, x, q) == _chunks(str(tmp_path / "rr.safetensors"), x, q)
+    with torch.no_grad():
+        for m in rr.merge[-2:]:
+            m.c1.weight[:, -192:].normal_(0, 3.0)
+    zoo.save_model(rr, tmp_path / "rr2", {"name": "tiny-vr"})
+    enc, rec = codec.encode(x, model=str(tmp_path / "rr2.safetensors"), quality=100, reconstruct=True)
+    assert enc.cdr.chunks[:3] == _chunks(src_path, x, 100)[:3]      # the coarse groups read no residual
+    assert enc.cdr.chunks[3:] != _chunks(src_path, x, 100)[3:]
+    dec = codec.decode(enc.data, model=str(tmp_path / "rr2.safetensors"))
+    assert np.array_equal(dec, rec)
+
+
 def test_init_appends_silent_groups_at_the_finest_scale(tmp_path):
     """--init into more groups at the finest scale: the old groups store the
     source's symbols, the new one only zeros (its means start at zero), so

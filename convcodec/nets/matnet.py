@@ -7,6 +7,7 @@ generated top-most first, with fixed-width posteriors like the Conv DRAW's.
     top-down, one group i at a time (both sides; coarsest scale first):
       mu_p, sigma_p = prior_i(h_t)                                       Eq. 8
       h_m = lrelu(h_m + conv(lrelu(conv([h_m; h_b[scale_i]; h_t]))))     Eq. 10 (encoder)
+            (residual_read, finest scale: also [x - g_s(h_t)] in 8x8 blocks, DRAW's read)
       mu_q = conv(h_m)                                                   Eq. 11, width fixed
       h_t = lrelu(h_t + conv(lrelu(conv([h_t; z_i]))))                   Eq. 7
       after the last group of a scale, h_t and h_m go up one octave (transposed conv)
@@ -73,6 +74,15 @@ class MatNetConfig:
     # and 2.0 dB better than the encoder's on two Kodak crops; docs/campaign.md,
     # "The encoder sees the rate"). The decoder is unchanged: no decode cost.
     encoder_quality: bool = False
+    # DRAW's "read" of the error (Gregor et al. 2015, 2016): the merge
+    # modules of the finest groups also see the image minus the picture the
+    # decoder would draw from the groups so far (g_s of h_t, clamped), as
+    # 8x8 blocks of pixels (pixel-unshuffled: 192 channels at 1/8). Encoder
+    # only: the decoder never runs it. Why: the merges see h_t, but not
+    # what g_s makes of it, so they cannot aim a group at what the picture
+    # still lacks; with free latents the decoder draws 3-4 dB more than the
+    # encoder asks of it (docs/campaign.md, tools/decoder_ceiling.py).
+    residual_read: bool = False
 
     @property
     def finest_bu(self) -> int:
@@ -106,6 +116,20 @@ class TopDownState:
     g: int
     u: torch.Tensor | float | None = None
     hist: tuple = ()
+
+
+# The residual read's input gain. The residual of a 27-33 dB picture has an
+# rms of 0.02-0.05 (0..1 scale), 20-50x smaller than the other inputs of the
+# merges, and Adam moves every weight by about the same step, so unscaled it
+# learned that much slower (matnet-vr8's first 32 minutes: weights on it at
+# half the size of those on h_t, their effect 1/40). A power of two: exact.
+RESIDUAL_GAIN = 16.0
+
+
+class BottomUp(list):
+    """The encoder's bottom-up features, coarsest scale first (h_b per
+    scale), and the padded image for the residual read (None without it)."""
+    image: torch.Tensor | None = None
 
 
 @dataclass
@@ -198,7 +222,8 @@ class MatNet(LatentGroups):
                           nn.Conv2d(C, p_out, 3, padding=1)) for _ in range(n))
         self.td = nn.ModuleList(Residual(C + L, C) for _ in range(n))
         finest = [s == S - 1 for s, k in enumerate(cfg.groups) for _ in range(k)]
-        self.merge = nn.ModuleList(Residual(2 * C + q + (Cb if f else C), C) for f in finest)
+        r = 3 * 4 ** len(cfg.analysis) if cfg.residual_read else 0     # the residual's channels at 1/8
+        self.merge = nn.ModuleList(Residual(2 * C + q + (Cb + r if f else C), C) for f in finest)
         self.q_heads = nn.ModuleList(nn.Conv2d(C, L, 3, padding=1) for _ in range(n))
         self.up_t = nn.ModuleList(_up(C) for _ in range(S - 1))
         self.up_m = nn.ModuleList(_up(C) for _ in range(S - 1))
@@ -327,7 +352,19 @@ class MatNet(LatentGroups):
                 h = self.down[s - 1](h)
             h = run_residuals(blocks, h)
             feats.append(h.float())
-        return feats[::-1]
+        out = BottomUp(feats[::-1])
+        if self.cfg.residual_read:
+            out.image = x01[:, :3]
+        return out
+
+    def residual(self, image: torch.Tensor, st: TopDownState) -> torch.Tensor:
+        """The residual read: the image minus the decoder's picture from
+        state ``st`` (its prefix of groups, no more), as 8x8 pixel blocks at
+        1/8 of the image. A constant of the posterior: no gradient flows into
+        g_s or the earlier groups through it (g_s runs forward only)."""
+        with torch.no_grad():
+            x_hat = self.render(st).clamp(0, 1)
+        return F.pixel_unshuffle(RESIDUAL_GAIN * (image - x_hat).float(), 2 ** len(self.cfg.analysis))
 
     def prior(self, st: TopDownState):
         """Eq. 8 on the float path: mean and std (latent units) for a
@@ -395,6 +432,10 @@ class MatNet(LatentGroups):
             # h_b's channels beyond the ladder's width come last, so a model
             # grown from a narrower one (train --init) keeps every weight's input.
             maps.append(hb[:, C:])
+        if self.cfg.residual_read and self._scale_of[g] == len(self.cfg.groups) - 1:
+            if getattr(h_b, "image", None) is None:
+                raise ValueError("this model's encoder reads the residual: begin() needs the image")
+            maps.append(self.residual(h_b.image, st))     # last, so a model grown into it keeps every weight's input
         hm, mu_q = by_tiles(step, *maps, halo=3)
         if self._last_of_scale[g] and g + 1 < self.num_groups:
             hm = self.up_m[self._scale_of[g]](hm).float()
