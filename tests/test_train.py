@@ -183,21 +183,33 @@ def _chunks(model_path, x, quality):
     return codec.encode(x, model=model_path, quality=quality).cdr.chunks
 
 
-def test_init_widens_finest_h_b_without_changing_the_files(tmp_path):
-    """--init into a wider h_b at the finest scale (bu_width, encoder only):
-    the new BU channels enter every merge module through zero weights, so
-    the grown encoder stores the source's symbols, byte for byte."""
+def _grown_tiny_vr(tmp_path, **changes):
+    """A tiny variable-rate source model and a model with ``changes`` to its
+    config, initialised from it by --init: (source path, grown model)."""
     from convcodec.nets.matnet import MatNet
     from convcodec.train import _init_from
     from .conftest import TINY_VR, make_tiny_vr
     src_path = make_tiny_vr(tmp_path / "src")
-    wide = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "analysis": [8, 8, 20], "bu_width": 20}))
-    _init_from(src_path, wide)
-    assert wide.merge[-1].c1.in_channels == 2 * 8 + 20 and wide.merge[0].c1.in_channels == 3 * 8
-    zoo.save_model(wide.eval(), tmp_path / "wide", {"name": "tiny-vr"})
-    x = (np.random.default_rng(1).random((40, 72, 3)) * 255).astype(np.uint8)
+    grown = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), **changes}))
+    _init_from(src_path, grown)
+    return src_path, grown
+
+
+def _assert_same_files(src_path, model, path, x):
+    """``model`` saved at ``path`` writes the source's files, byte for byte."""
+    zoo.save_model(model.eval(), path, {"name": "tiny-vr"})
     for q in (1, 60, 100):
-        assert _chunks(src_path, x, q) == _chunks(str(tmp_path / "wide.safetensors"), x, q)
+        assert _chunks(src_path, x, q) == _chunks(str(path) + ".safetensors", x, q)
+
+
+def test_init_widens_finest_h_b_without_changing_the_files(tmp_path):
+    """--init into a wider h_b at the finest scale (bu_width, encoder only):
+    the new BU channels enter every merge module through zero weights, so
+    the grown encoder stores the source's symbols, byte for byte."""
+    src_path, wide = _grown_tiny_vr(tmp_path, analysis=[8, 8, 20], bu_width=20)
+    assert wide.merge[-1].c1.in_channels == 2 * 8 + 20 and wide.merge[0].c1.in_channels == 3 * 8
+    x = (np.random.default_rng(1).random((40, 72, 3)) * 255).astype(np.uint8)
+    _assert_same_files(src_path, wide, tmp_path / "wide", x)
 
 
 def test_init_into_a_residual_read_keeps_the_files_then_the_read_matters(tmp_path):
@@ -206,17 +218,10 @@ def test_init_into_a_residual_read_keeps_the_files_then_the_read_matters(tmp_pat
     weights, so the grown encoder stores the source's symbols byte for
     byte; once those weights are not zero, the symbols follow the residual
     of what the decoder draws (and the decoder still decodes them)."""
-    from convcodec.nets.matnet import MatNet
-    from convcodec.train import _init_from
-    from .conftest import TINY_VR, make_tiny_vr
-    src_path = make_tiny_vr(tmp_path / "src")
-    rr = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "residual_read": True}))
-    _init_from(src_path, rr)
+    src_path, rr = _grown_tiny_vr(tmp_path, residual_read=True)
     assert rr.merge[-1].c1.in_channels == 3 * 8 + 192 and rr.merge[0].c1.in_channels == 3 * 8
-    zoo.save_model(rr.eval(), tmp_path / "rr", {"name": "tiny-vr"})
     x = (np.random.default_rng(1).random((40, 72, 3)) * 255).astype(np.uint8)
-    for q in (1, 60, 100):
-        assert _chunks(src_path, x, q) == _chunks(str(tmp_path / "rr.safetensors"), x, q)
+    _assert_same_files(src_path, rr, tmp_path / "rr", x)
     with torch.no_grad():
         for m in rr.merge[-2:]:
             m.c1.weight[:, -192:].normal_(0, 3.0)

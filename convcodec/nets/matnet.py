@@ -121,7 +121,7 @@ class TopDownState:
 # The residual read's input gain. The residual of a 27-33 dB picture has an
 # rms of 0.02-0.05 (0..1 scale), 20-50x smaller than the other inputs of the
 # merges, and Adam moves every weight by about the same step, so unscaled it
-# learned that much slower (matnet-vr8's first 32 minutes: weights on it at
+# learned that much slower (runs/matnet-vr8a, gain 1, after 32 minutes: weights on it at
 # half the size of those on h_t, their effect 1/40). A power of two: exact.
 RESIDUAL_GAIN = 16.0
 
