@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from convcodec import codec, zoo
 from convcodec.nets import exact
@@ -101,3 +102,25 @@ def test_the_codec_walks_the_fixed_decoder(tiny_vr):
     rgb = smooth_image(24, 40)
     enc, rec = codec.encode(rgb, model=tiny_vr, reconstruct=True)
     assert np.array_equal(rec, codec.decode(enc.data, model=tiny_vr))   # the encoder knows the picture
+
+
+def test_the_encoders_residual_read_renders_with_the_float_g_s():
+    """The residual read (encoder only) runs g_s in the coder twin too; it
+    only chooses symbols, so the twin keeps the model's float g_s for it
+    (as trained, and faster), without a second copy of its weights, while
+    the decoder's own render stays fixed point."""
+    from convcodec.nets.matnet import RESIDUAL_GAIN, MatNet, TopDownState
+    from .conftest import TINY_VR
+    torch.manual_seed(3)
+    net = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "residual_read": True})).eval()
+    twin = net.coder()
+    assert twin.float_modules["g_s"] is net.g_s and isinstance(twin.g_s[0], FixedConv2d)
+    assert twin.state_dict().keys() == net.state_dict().keys()
+    st = TopDownState(torch.randn(1, net.g_s[0].in_channels, 3, 5), 3)
+    image = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        read = twin.residual(image, st)
+        assert read.shape == (1, 192, 3, 5)
+        assert torch.equal(read, net.residual(image, st))
+        fixed = F.pixel_unshuffle(RESIDUAL_GAIN * (image - twin.render(st).clamp(0, 1)), 8)
+        assert 0 < (read - fixed).abs().max() < 1e-2        # the fixed render is close, not the same

@@ -232,6 +232,12 @@ def coder_twin(model: nn.Module, decoder: tuple[str, ...]) -> nn.Module:
         twin = copy.deepcopy(model)
         for name in decoder:
             setattr(twin, name, _fixed(getattr(twin, name)))
+    # Decoder modules the encoder also runs (ENCODER_FLOAT) stay float for
+    # it: the model's own modules, held in a plain dict so that they are not
+    # the twin's submodules (no second copy of their weights in its
+    # state_dict). Not a reference to the model itself: the cache's value
+    # would then keep its weak key alive.
+    twin.float_modules = {name: getattr(model, name) for name in getattr(model, "ENCODER_FLOAT", ())}
     twin.eval()
     _TWINS[model] = (key, twin)
     return twin
