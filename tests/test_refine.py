@@ -91,3 +91,15 @@ def test_too_big_for_refinement_is_refused_before_any_work(trained_tiny, monkeyp
     with pytest.raises(ValueError, match="MP"):
         codec.encode(smooth_image(24, 24), model=trained_tiny, refine=2)
     codec.encode(smooth_image(16, 16), model=trained_tiny, refine=1)      # 256 pixels: fine
+
+
+def test_travel_is_short_at_low_rates_and_long_at_high_ones():
+    """Adam's total travel (bins) follows lambda between the two knots,
+    log-linearly, and stays at the knots' values outside them."""
+    from convcodec.refine import TRAVEL, TRAVEL_LAMBDAS, travel
+    (t0, t1), (l0, l1) = TRAVEL, TRAVEL_LAMBDAS
+    assert travel(l0 / 10) == pytest.approx(t0) and travel(l0) == pytest.approx(t0)
+    assert travel(l1) == pytest.approx(t1) and travel(l1 * 10) == pytest.approx(t1)
+    assert travel((l0 * l1) ** 0.5) == pytest.approx((t0 * t1) ** 0.5)
+    lams = np.geomspace(l0, l1, 9)
+    assert all(np.diff([travel(v) for v in lams]) > 0)
