@@ -66,8 +66,9 @@ def compress(image: ImageLike, steps: int | None = None, model: str | None = Non
         bpp: like ``max_bytes``, as bits per pixel.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         refine: gradient steps that improve the encoder's latents for this
-            image (convcodec.refine): 0 is one network pass; 40 is about 20x
-            slower and a few percent smaller at equal quality.
+            image (convcodec.refine): 0 is one network pass; 40 is about 17x
+            slower and, with matnet-vr9 on Kodak, 4.6% fewer bits at equal
+            PSNR (the gain is at high qualities).
     """
     from .image import load_image
     rgb = load_image(image)

@@ -190,8 +190,8 @@ def main():
 @click.option("--model", default=None, help="Model name (see `convcodec models`) or path to a .safetensors file.")
 @click.option("--refine", type=click.IntRange(min=0, max=10000), default=0, show_default=True,
               help="Improve the latents for each image with N gradient steps on its own rate-distortion "
-              "cost: a slower encoder (40 steps: about 20x), smaller files at equal quality; decoding "
-              "is unchanged.")
+              "cost: a slower encoder (40 steps: about 17x), better files (matnet-vr9 on Kodak: 4.6% "
+              "fewer bits at equal PSNR, mostly at high qualities); decoding is unchanged.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print per-group bytes, the model's rate estimate and PSNR.")

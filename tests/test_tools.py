@@ -176,6 +176,51 @@ def test_refine_gain_measures_real_files(tmp_path, monkeypatch):
     assert res["bytes_change_pct"] == pytest.approx(100 * (row["refined"]["bpp"] / row["plain"]["bpp"] - 1))
 
 
+def test_refine_gain_sweeps_in_shards_and_merges_against_anchors(tmp_path, monkeypatch, capsys):
+    """A variable-rate sweep split in two shards, merged: every (image,
+    quality) measured once, plain rows equal to codec.encode's files, and
+    BD-rates against the anchors of a compare.py results file."""
+    from convcodec import codec
+    from .conftest import make_tiny_vr
+    model = make_tiny_vr(tmp_path / "tiny-vr")
+    gain, compare = _tool("refine_gain"), _tool("compare")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    pics = {f"{c}.png": smooth_image(32, 40, seed=i) for i, c in enumerate("ab")}
+    for n, rgb in pics.items():
+        Image.fromarray(rgb).save(imgs / n)
+    for k in (0, 1):
+        monkeypatch.setattr(sys, "argv", ["refine_gain.py", "--models", model, "--images", str(imgs), "--iters", "2",
+                                          "--qualities", "10,60,100", "--shard", f"{k}/2",
+                                          "--json", str(tmp_path / f"s{k}.json")])
+        gain.main()
+    shards = [json.loads((tmp_path / f"s{k}.json").read_text()) for k in (0, 1)]
+    assert [s["images"] for s in shards] == [["a.png"], ["b.png"]]
+    # The anchors: a compare.py results file with JPEG2000 rows for the same two images.
+    anchor_rows = []
+    for n, rgb in pics.items():
+        for b in (0.5, 1, 2, 4):
+            nb, dec, te, td = compare.roundtrip(rgb, "JPEG2000", **compare.jpeg2000_params(b))
+            anchor_rows.append(compare.row("JPEG2000", f"{b}bpp", n, rgb, nb, dec, te, td))
+    (tmp_path / "results.json").write_text(json.dumps({"images": list(pics), "rows": anchor_rows}))
+    monkeypatch.setattr(sys, "argv", ["refine_gain.py", "--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"),
+                                      "--anchors", str(tmp_path / "results.json"), "--json", str(tmp_path / "m.json")])
+    gain.main()
+    res = json.loads((tmp_path / "m.json").read_text())
+    (m,) = res["models"].values()
+    assert sorted((p["image"], p["setting"]) for p in m["images"]) == sorted(
+        (n, f"q{q}") for n in pics for q in (10, 60, 100))
+    for p in m["images"]:
+        q = int(p["setting"][1:])
+        data = codec.encode(pics[p["image"]], model=model, quality=q).data
+        assert p["plain"]["bpp"] == pytest.approx(8 * len(data) / (32 * 40))
+    assert [p["setting"] for p in sorted(m["plain"], key=lambda p: p["bpp"])][0] == "q10"
+    assert isinstance(m["bd_rate_vs_plain"], float)
+    vs = res["bd_rate"]["psnr"]["vs JPEG2000"]
+    assert set(vs) == {"convcodec tiny-vr", "convcodec tiny-vr --refine 2"}
+    assert "BD-rate (PSNR) against the anchors" in capsys.readouterr().out
+
+
 def test_envelopes_per_backbone_name_their_points():
     compare = _tool("compare")
     pt = lambda b, q, s: {"setting": s, "bpp": b, "psnr": q}
