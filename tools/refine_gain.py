@@ -22,6 +22,7 @@ from the k-th, and ``--merge`` sums the shards' JSON files into one report.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import importlib.util
 import json
@@ -38,8 +39,9 @@ from convcodec.metrics import bd_rate
 from convcodec.zoo import load_model
 
 
+@functools.cache
 def _compare():
-    """tools/compare.py, for its row format, means and BD-rate tables."""
+    """tools/compare.py (loaded once), for its row format, means and BD-rate tables."""
     spec = importlib.util.spec_from_file_location("compare", os.path.join(os.path.dirname(__file__), "compare.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
