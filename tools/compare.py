@@ -275,7 +275,8 @@ def main():
     summary = write_summary(a.out, agg, bd, len(images), wall, res["models"])
     print(summary)
     if not a.no_plots:
-        plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models)
+        measured_before = set(cards) | {n for n in agg if n.endswith("(envelope of the card models)")}
+        plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models, measured_before)
 
 
 def card_curves(names: str, n_images: int) -> dict:
@@ -368,7 +369,10 @@ def write_summary(out, agg, bd, n, wall, models=()):
     return text
 
 
-def plots(out, agg, bits, images, recon, sizes, models):
+def plots(out, agg, bits, images, recon, sizes, models, measured_before=frozenset()):
+    """The RD plots, the bits per group and the reconstructions; curves in
+    ``measured_before`` (the card curves) are labelled as such, the rest
+    "(this run)"."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -389,7 +393,7 @@ def plots(out, agg, bits, images, recon, sizes, models):
             style = "-o" if name.startswith("convcodec") else "-s"
             ax.plot([p["bpp"] for p in pts], [conv(p[metric]) for p in pts], style, ms=3, lw=2 if
                     name.startswith("convcodec") else 1.2,
-                    label=name if "card" in name else f"{name} (this run)")   # card curves: measured before
+                    label=name if name in measured_before else f"{name} (this run)")
         ax.set_xlim(0, 1.6); ax.set_xlabel("bits per pixel"); ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3); ax.legend(fontsize=6, ncol=2)
         ax.set_title(f"Kodak ({len(images)} images): {ylabel} vs rate")

@@ -369,7 +369,7 @@ class MatNet(LatentGroups):
         g_s or the earlier groups through it (g_s runs forward only)."""
         g_s = getattr(self, "float_modules", {}).get("g_s", self.g_s)     # the coder twin's float g_s
         with torch.no_grad():
-            x_hat = run_synthesis(g_s, st.h, 2 ** len(self.cfg.analysis)).clamp(0, 1)
+            x_hat = self.render(st, g_s).clamp(0, 1)
         return F.pixel_unshuffle(RESIDUAL_GAIN * (image - x_hat).float(), 2 ** len(self.cfg.analysis))
 
     def prior(self, st: TopDownState):
@@ -485,5 +485,7 @@ class MatNet(LatentGroups):
         scale = (self.log_sigma(st).float() - log_w).exp()
         return Prior(mu, scale, None)
 
-    def render(self, st: TopDownState) -> torch.Tensor:
-        return run_synthesis(self.g_s, st.h, 2 ** len(self.cfg.analysis))
+    def render(self, st: TopDownState, g_s: nn.Module | None = None) -> torch.Tensor:
+        """The picture from state ``st`` (g_s: another synthesis of the same
+        shape, as the residual read's float twin)."""
+        return run_synthesis(self.g_s if g_s is None else g_s, st.h, 2 ** len(self.cfg.analysis))
