@@ -251,8 +251,9 @@ def main():
     agg = aggregate(rows)
     cards = card_curves(a.card_models, len(images))
     agg.update(cards)
+    envelope_name = "convcodec (envelope of the card models)"
     if len(cards) > 1:
-        agg["convcodec (envelope of the card models)"] = envelope(agg, list(cards))
+        agg[envelope_name] = envelope(agg, list(cards))
     agg.update(envelopes(agg, {m: load_model(m)[0].cfg.backbone for m in models}))
     bd = bd_table(agg)
     res = {"images": list(images), "wall_s": round(wall, 1), "codecs": agg, "bd_rate": bd,
@@ -275,8 +276,7 @@ def main():
     summary = write_summary(a.out, agg, bd, len(images), wall, res["models"])
     print(summary)
     if not a.no_plots:
-        measured_before = set(cards) | {n for n in agg if n.endswith("(envelope of the card models)")}
-        plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models, measured_before)
+        plots(a.out, agg, res["bits_per_group"], images, recon, sizes, models, set(cards) | {envelope_name})
 
 
 def card_curves(names: str, n_images: int) -> dict:
