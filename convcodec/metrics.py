@@ -60,13 +60,35 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float | None:
+def rate_window(points: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    """The part of a (bpp, quality) curve between ``lo`` and ``hi`` bpp: its
+    points inside, plus the curve's value at each end it reaches (linear
+    between points, as ``interp_curve``). Dropping the outside points alone
+    would cut the curve short of the window's ends (at the last point below
+    ``hi``), so a BD-rate "over 0.1-1.5 bpp" would cover less than that."""
+    pts = sorted(points)
+    b, q = [p[0] for p in pts], [p[1] for p in pts]
+    out = [p for p in pts if lo < p[0] < hi]
+    for edge in (lo, hi):
+        v = interp_curve(b, q, edge)
+        if v is not None:
+            out.append((edge, v))
+    return sorted(out)
+
+
+def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]],
+            bpp_range: tuple[float, float] | None = None) -> float | None:
     """Bjontegaard delta rate (%) of ``test`` against ``anchor``: the average
     bitrate difference at equal quality over the overlapping quality range.
     Curves are (bpp, quality) points; log-rate is interpolated as a function
     of quality with PCHIP (as in the JVET/AOM tools), and integrated exactly.
-    Negative means ``test`` needs fewer bits. None if the ranges do not overlap."""
+    With ``bpp_range`` both curves are first cut to that window of rates
+    (``rate_window``). Negative means ``test`` needs fewer bits. None if the
+    ranges do not overlap."""
     from scipy.interpolate import PchipInterpolator
+
+    if bpp_range is not None:
+        anchor, test = rate_window(anchor, *bpp_range), rate_window(test, *bpp_range)
 
     def prep(pts):
         pts = pareto(pts)

@@ -159,11 +159,17 @@ def envelopes(agg, backbones):
 
 
 ANCHOR_CODECS = ("JPEG2000", "JPEG", "WebP", "AVIF", "JPEG XL")
+# The rates issue #16 judges the codec over; "psnr 0.1-1.5 bpp" in the BD table.
+BD_WINDOW = (0.1, 1.5)
+WINDOW_KEY = f"psnr {BD_WINDOW[0]:g}-{BD_WINDOW[1]:g} bpp"
 
 
 def bd_table(agg, anchors=ANCHOR_CODECS):
+    """metric -> "vs <anchor>" -> codec -> BD-rate (%): PSNR and MS-SSIM over
+    each pair's overlapping range, and PSNR with both curves cut to BD_WINDOW."""
     res = {}
-    for metric in ("psnr", "ms_ssim"):
+    for metric, key, window in (("psnr", "psnr", None), ("ms_ssim", "ms_ssim", None),
+                                ("psnr", WINDOW_KEY, BD_WINDOW)):
         conv = (lambda v: v) if metric == "psnr" else msssim_db
         for a in anchors:
             if a not in agg:
@@ -173,8 +179,8 @@ def bd_table(agg, anchors=ANCHOR_CODECS):
                 if name == a:
                     continue
                 tp = [(p["bpp"], conv(p[metric])) for p in pts if p[metric] is not None]
-                v = bd_rate(ap, tp) if len(ap) > 1 and len(tp) > 1 else None
-                res.setdefault(metric, {}).setdefault(f"vs {a}", {})[name] = None if v is None else round(v, 2)
+                v = bd_rate(ap, tp, bpp_range=window) if len(ap) > 1 and len(tp) > 1 else None
+                res.setdefault(key, {}).setdefault(f"vs {a}", {})[name] = None if v is None else round(v, 2)
     return res
 
 
@@ -345,6 +351,13 @@ def write_summary(out, agg, bd, n, wall, models=()):
         g = lambda m, a: bd.get(m, {}).get(f"vs {a}", {}).get(name)
         lines.append(f"| {name} | " + " | ".join(fmt(g("psnr", a)) for a in ANCHOR_CODECS)
                      + f" | {fmt(g('ms_ssim', 'JPEG2000'))} | {fmt(g('ms_ssim', 'JPEG'))} |")
+    lo, hi = BD_WINDOW
+    lines += ["", f"## PSNR BD-rate over {lo:g}–{hi:g} bpp only (%; both curves cut to these rates)", "",
+              "| codec | " + " | ".join(f"vs {a}" for a in ANCHOR_CODECS) + " |",
+              "|---|" + "---:|" * len(ANCHOR_CODECS)]
+    for name in agg:
+        lines.append(f"| {name} | " + " | ".join(fmt(bd.get(WINDOW_KEY, {}).get(f"vs {a}", {}).get(name))
+                                                 for a in ANCHOR_CODECS) + " |")
     if models:
         lines += ["", "## convcodec models (training cost from each card; the rest from this run)", "",
                   "| model | backbone | groups | parameters | training min (total) | patches/s | "
