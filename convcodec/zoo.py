@@ -24,7 +24,7 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
-DEFAULT_MODEL = "matnet-vr11"
+DEFAULT_MODEL = "matnet-vr15"
 
 
 class ModelError(Exception):

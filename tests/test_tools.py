@@ -357,7 +357,12 @@ def test_ceiling_rounded_is_the_files_picture_and_the_ceiling_ignores_the_qualit
     eq = os.path.join(os.path.dirname(tiny_vr), "eq-tools")
     zoo.save_model(m, eq, {"name": "eq-tools"})
     eq += ".safetensors"
+    orig_map = MatNet.__dict__["_quality_map"]
     own = ceiling.file_with_encoder_u(eq, rgb, 60, None)
     assert own == ceiling.file_with_encoder_u(eq, rgb, 60, 59 / 99)
     assert own["bpp"] == 8 * len(codec.encode(rgb, model=eq, quality=60).data) / (40 * 56)
     assert ceiling.file_with_encoder_u(eq, rgb, 60, 0.0) != own
+    # the class's own method is back (the tool patches the class): a file
+    # made afterwards is the file's own again
+    assert MatNet.__dict__["_quality_map"] is orig_map
+    assert 8 * len(codec.encode(rgb, model=eq, quality=60).data) / (40 * 56) == own["bpp"]

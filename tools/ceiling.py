@@ -68,7 +68,11 @@ def file_with_encoder_u(model: str, rgb: np.ndarray, quality: int, encoder_u: fl
     quality u = ``encoder_u`` (None: the file's own, as the codec does)."""
     orig = MatNet._quality_map
     # When coding, only the encoder calls _quality_map (g_a, the merges); the
-    # decoder's scales come from the exact path and never see it.
+    # decoder's scales come from the exact path and never see it. Patched on
+    # the class, not on the model: the codec runs a cached deep copy of it
+    # (nets.fixed.coder_twin, whose merges are the ones that see the map), so
+    # an override on the instance load_model returns would miss them. This
+    # tool is single-threaded and the finally puts the method back.
     if encoder_u is not None:
         MatNet._quality_map = lambda self, u, like: orig(self, encoder_u, like)
     try:
