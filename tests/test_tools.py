@@ -238,6 +238,25 @@ def test_envelopes_per_backbone_name_their_points():
     assert set(compare.envelopes(agg, {"a": "convdraw", "b": "convdraw"})) == {"convcodec (envelope)"}
 
 
+def test_envelope_is_never_below_its_best_member():
+    """Two near-equal curves: a point under the other curve is no part of
+    the envelope, so the envelope never dips below either member (Pareto
+    alone kept (1.2, 34.0) and drew the envelope under the better curve)."""
+    from convcodec.metrics import interp_curve
+    compare = _tool("compare")
+    pt = lambda b, q, s: {"setting": s, "bpp": b, "psnr": q}
+    agg = {"convcodec old": [pt(1.0, 33.6, "q75"), pt(1.2, 34.0, "q85")],
+           "convcodec new": [pt(1.04, 33.96, "q75"), pt(1.27, 34.41, "q85")]}
+    env = compare.envelope(agg, list(agg))
+    assert [p["setting"] for p in env] == ["old q75", "new q75", "new q85"]
+    curve = lambda pts: ([p["bpp"] for p in pts], [p["psnr"] for p in pts])
+    for b in [1.0 + 0.01 * i for i in range(28)]:
+        members = [v for v in (interp_curve(*curve(pts), b) for pts in agg.values()) if v is not None]
+        assert interp_curve(*curve(env), b) >= max(members) - 1e-9
+    # Pareto alone: the old q85 point (fewer bits than new q85) dragged it under
+    assert interp_curve([1.04, 1.2, 1.27], [33.96, 34.0, 34.41], 1.2) < interp_curve(*curve(agg["convcodec new"]), 1.2)
+
+
 def test_card_curves_take_a_variable_rate_models_quality_sweep():
     """A variable-rate model's card row is its quality sweep (the curve a
     compare run measures for it), a single-rate model's its steps table."""
