@@ -92,6 +92,17 @@ def load_images(folders, seed=0) -> list[torch.Tensor]:
     return imgs
 
 
+def fit_crop(imgs: list[torch.Tensor], crop: int) -> tuple[list[torch.Tensor], int]:
+    """The photos a ``crop``-px square fits in, and how many were left out.
+    Why: a smaller photo has no crop to give (one BSDS photo is 213 px high,
+    below a 256-px crop); at the default 128 none is left out, so older runs
+    draw the same batches."""
+    kept = [im for im in imgs if min(im.shape[1:]) >= crop]
+    if not kept:
+        raise SystemExit(f"no training photo is at least {crop} px on both sides")
+    return kept, len(imgs) - len(kept)
+
+
 def random_batch(imgs, n, crop, gen: random.Random) -> torch.Tensor:
     out = torch.empty(n, 3, crop, crop, dtype=torch.uint8)
     for i in range(n):
@@ -494,7 +505,9 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    imgs = load_images(tc.data)
+    imgs, small = fit_crop(load_images(tc.data), tc.crop)
+    if small and main_proc:
+        print(f"{small} training image(s) smaller than the {tc.crop}-px crop left out")
     if main_proc:
         print(f"{len(imgs)} training images; model {sum(p.numel() for p in model.parameters())} params; "
               f"{world} process(es) on {dev.type}")
