@@ -24,7 +24,7 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
-DEFAULT_MODEL = "matnet-vr15"
+DEFAULT_MODEL = "matnet-vr16"
 
 
 class ModelError(Exception):
