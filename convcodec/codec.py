@@ -48,6 +48,17 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def bf16_native(dev: torch.device) -> bool:
+    """Does this device compute bf16 natively? Why ask: bf16 autocast is
+    about 1.6x faster than float32 on a CPU with avx512_bf16 or AMX, but on
+    one with AVX2 alone oneDNN emulates it, and one training iteration of
+    matnet-vr16 at 256 px x 4 took 141 s instead of 2.7 s in float32 (an
+    AMD EPYC without AVX-512, session 23). Training and --refine ask it."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _digest8(info: dict) -> bytes:
     return bytes.fromhex(info["sha256"])[:8]
 

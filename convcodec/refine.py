@@ -28,7 +28,10 @@ from .nets.rollout import Given, lambda_t, quantize, walk
 from .quality import quality_lambda
 from .zoo import ModelError
 
-BF16 = True       # the models trained under bf16 autocast; refinement runs 1.4x faster under it on CPU
+# The models trained under bf16 autocast; refinement runs 1.4x faster under it
+# on a CPU with native bf16, and ~50x slower where bf16 is emulated (AVX2
+# alone), so it asks codec.bf16_native first.
+BF16 = True
 MAX_PIXELS = 4_000_000   # the gradient graph of the whole walk is held: ~1.7 GB per megapixel
 # How far Adam may move the offsets in all (its step times the steps, in
 # bins): at low rates far enough to flip the offsets lying near a rounding
@@ -77,7 +80,7 @@ def refine_offsets(net, x01: torch.Tensor, h: int, w: int, start: list[torch.Ten
     gradient steps from ``start``, the encoder network's unrounded offsets,
     on the cost with distortion weight ``lmbda`` (``model_lambda``). ``x01``
     is the padded image, ``h`` x ``w`` its real size (``check_size`` first)."""
-    from .codec import _start
+    from .codec import _start, bf16_native
     x01 = x01.clone()                                      # a plain tensor, not an inference one
     ys = [y.clone().requires_grad_(True) for y in start]
     opt = torch.optim.Adam(ys, lr=travel(lmbda) / iters)
@@ -85,7 +88,7 @@ def refine_offsets(net, x01: torch.Tensor, h: int, w: int, start: list[torch.Ten
     best_cost, best = math.inf, [quantize(y.detach()) for y in ys]
     for i in range(iters + 1):
         given = Given(ys)
-        with torch.autocast(x01.device.type, dtype=torch.bfloat16, enabled=BF16):
+        with torch.autocast(x01.device.type, dtype=torch.bfloat16, enabled=BF16 and bf16_native(x01.device)):
             st, _ = _start(net, 1, x01.shape[-2], x01.shape[-1], x01.device, quality)
             rec = walk(net, st, given, len(ys), coding=True).float()
         mse = F.mse_loss(rec[..., :h, :w].clamp(0, 1), x01[..., :h, :w])

@@ -33,7 +33,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from .codec import bf16_native
 from .nets.layers import unstick_gdn
 from .nets.rollout import lambda_t
 from .zoo import build_model, config_from_dict, save_model
@@ -59,7 +60,7 @@ class TrainConfig:
     lr_final: float = 0.02                    # final LR as a fraction of lr
     ema: float = 0.999                        # EMA decay of the shipped weights
     clip: float = 5.0                         # gradient-norm clip
-    bf16: bool = True                         # bf16 autocast (about 1.6x on this CPU)
+    bf16: bool = True                         # bf16 autocast where the device computes bf16 natively (bf16_native)
     ckpt_minutes: float = 4.0                 # checkpoint period
     seed: int = 0
     init: str = ""                            # start from these weights (model name or .safetensors)
@@ -298,29 +299,79 @@ class Run:
 
 class SpikeGuard:
     """The paper reverts to older parameters when the cost jumps. We (1) skip
-    an update whose loss is far above its running average, or whose gradient
-    norm is far above its running average (as vdvae does: Adam rescales
-    gradients, so clipping alone does not stop a wild step), and (2) after
-    REVERT_AFTER skips in a row, revert to the last checkpoint, since by then
-    the weights themselves have gone bad. It is fed numbers that every DDP
-    process shares, so all decide alike (or DDP would wait forever)."""
-    LOSS_FACTOR, GRAD_FACTOR, REVERT_AFTER = 3.0, 20.0, 20
+    an update whose loss is far above what such a batch usually costs, or
+    whose gradient norm is far above its running average (as vdvae does: Adam
+    rescales gradients, so clipping alone does not stop a wild step), and (2)
+    after REVERT_AFTER skips in a row, revert to the last checkpoint, since by
+    then the weights themselves have gone bad. It is fed numbers that every
+    DDP process shares, so all decide alike (or DDP would wait forever).
 
-    def __init__(self, warmup: int, loss_avg: float | None = None):
-        self.warmup, self.loss_avg, self.gn_avg, self.in_row = warmup, loss_avg, None, 0
+    What a batch usually costs is a running average of the per-image loss
+    per kind of image, averaged over the batch's images; the kind is the
+    quality bin (BINS bins of u; one for a single-rate model) and the length
+    of the batch's random prefix. Why: a variable-rate image's loss grows
+    about 100x from u = 0 to u = 1 (lambda spans 625x), and its prefix term
+    shrinks several-fold from one group to seven, so against one running
+    average of the batch loss the guard skipped the batches that drew high
+    qualities and short prefixes, the top of the curve where the model is
+    weakest: 8.3% of updates at 128 px x 8, 15.1% at 256 px x 4 (matnet-vr16's
+    run), because fewer images a batch average out less."""
+    LOSS_FACTOR, GRAD_FACTOR, REVERT_AFTER = 3.0, 20.0, 20
+    BINS, DECAY = 8, 0.98
+
+    def __init__(self, warmup: int, loss_avg=None):
+        self.warmup, self.gn_avg, self.in_row = warmup, None, 0
+        self.loss_avg = self._state(loss_avg)
+        self.seen = self._settled(self.loss_avg)
+
+    @staticmethod
+    def _settled(loss_avg: dict) -> dict:
+        """Averages restored from a checkpoint have long settled: go on as EMAs."""
+        return dict.fromkeys(loss_avg, 1 << 30)
+
+    @staticmethod
+    def _state(saved) -> dict:
+        """The averages from a checkpoint (a float from before the kinds, or
+        None: learnt afresh, a kind at a time; a kind not yet seen is never
+        a spike)."""
+        return dict(saved) if isinstance(saved, dict) else {}
+
+    def kinds(self, quality, prefix: int = 0) -> list[tuple]:
+        """The kind of each image: (prefix, bin of its quality u in [0, 1])
+        (quality None: a single-rate model, one kind per prefix)."""
+        if quality is None:
+            return [(prefix, 0)]
+        return [(prefix, min(int(float(u) * self.BINS), self.BINS - 1)) for u in quality]
 
     def _armed(self, step: int) -> bool:
-        return self.loss_avg is not None and step > self.warmup
+        return step > self.warmup
 
-    def bad_loss(self, step: int, loss: float) -> bool:
-        return self._armed(step) and (not math.isfinite(loss) or loss > self.LOSS_FACTOR * self.loss_avg)
+    def expected(self, kinds: list[tuple]) -> float | None:
+        """The mean loss a batch of these kinds usually costs (None until every kind was seen)."""
+        avgs = [self.loss_avg.get(k) for k in kinds]
+        return None if any(a is None for a in avgs) else sum(avgs) / len(avgs)
+
+    def bad_loss(self, step: int, loss: float, kinds: list[tuple] = ((0, 0),)) -> bool:
+        if not math.isfinite(loss):
+            return self._armed(step)
+        exp = self.expected(list(kinds))
+        return self._armed(step) and exp is not None and loss > self.LOSS_FACTOR * exp
 
     def bad_grad(self, step: int, gn: float) -> bool:
         return (self._armed(step) and self.gn_avg is not None
                 and (not math.isfinite(gn) or gn > self.GRAD_FACTOR * self.gn_avg))
 
-    def accepted(self, loss: float, gn: float):
-        self.loss_avg = loss if self.loss_avg is None else 0.99 * self.loss_avg + 0.01 * loss
+    def accepted(self, losses: list[float], kinds: list[tuple], gn: float):
+        """An update was made: ``losses`` per image, ``kinds`` theirs."""
+        # A kind's first 1/(1 - DECAY) images make a plain mean, then an EMA
+        # takes over: an EMA started from its first image leans on that one
+        # image for dozens of batches, and one lucky image made the next
+        # ordinary ones look like spikes.
+        for v, k in zip(losses, kinds):
+            n = self.seen.get(k, 0) + 1
+            self.seen[k] = n
+            w = max(1.0 / n, 1 - self.DECAY)
+            self.loss_avg[k] = v if n == 1 else (1 - w) * self.loss_avg[k] + w * v
         self.gn_avg = gn if self.gn_avg is None else 0.99 * self.gn_avg + 0.01 * min(gn, 5 * self.gn_avg)
         self.in_row = 0
 
@@ -329,8 +380,9 @@ class SpikeGuard:
         self.in_row += 1
         return self.in_row >= self.REVERT_AFTER
 
-    def reverted(self, loss_avg: float | None):
-        self.loss_avg, self.gn_avg, self.in_row = loss_avg, None, 0
+    def reverted(self, loss_avg):
+        self.loss_avg, self.gn_avg, self.in_row = self._state(loss_avg), None, 0
+        self.seen = self._settled(self.loss_avg)
 
 
 class TrainLog:
@@ -348,7 +400,7 @@ class TrainLog:
     def _reset(self):
         self.n, self.t0 = 0, time.time()
         self.sums = dict.fromkeys(self.TERMS, 0.0)
-        self.counts = {"skipped": 0, "reverted": 0}
+        self.counts = {"skipped": 0, "skipped_grad": 0, "reverted": 0}
         self.group_bpp = torch.zeros(self.groups)
 
     def count(self, what: str):
@@ -410,14 +462,18 @@ def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: ran
     bpp_img, bpp_pre_img = bits.sum(0) / pixels, bits[:prefix].sum(0) / pixels
     x_all, x_pre = recon[T].float(), recon[prefix].float()
     d_all, d_pre = _per_image_distortion(tc, x_all, x), _per_image_distortion(tc, x_pre, x)
-    loss = (bpp_img + lam * d_all + bpp_pre_img + lam_pre * d_pre).mean()
+    per_image = bpp_img + lam * d_all + bpp_pre_img + lam_pre * d_pre
+    loss = per_image.mean()
     if tc.distortion == "mse":          # the distortion is 255^2 * MSE already
         mse, mse_pre = d_all.mean().item() / 255 ** 2, d_pre.mean().item() / 255 ** 2
     else:
         with torch.no_grad():
             mse, mse_pre = F.mse_loss(x_all, x).item(), F.mse_loss(x_pre, x).item()
     terms = {"gbpp": gbpp, "bpp": gbpp.sum().item(), "dist": d_all.mean().item(), "dist_pre": d_pre.mean().item(),
-             "mse": mse, "mse_pre": mse_pre}
+             "mse": mse, "mse_pre": mse_pre,
+             # for the spike guard, not the log: each image's loss and quality (None: single-rate)
+             "per_image": per_image.detach().float().cpu().tolist(),
+             "quality": None if quality is None else quality.cpu().tolist()}
     return loss, terms
 
 
@@ -428,6 +484,16 @@ def _mean_over_processes(v: float, world: int, dev) -> float:
     t = torch.tensor([v], dtype=torch.float64, device=dev)     # NCCL reduces device tensors only
     dist.all_reduce(t)
     return float(t) / world
+
+
+def _gather_over_processes(values: list, world: int, dev) -> list:
+    """Every process's ``values`` (equal lengths), concatenated in rank order."""
+    if world == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    out = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(out, t)
+    return torch.cat(out).tolist()
 
 
 def _shared_prefix(gen: random.Random, T: int, world: int, dev) -> int:
@@ -476,6 +542,10 @@ def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, na
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
     rank, world, dev = _setup(tc.device)
     main_proc = rank == 0
+    if tc.bf16 and not bf16_native(dev):
+        tc = replace(tc, bf16=False)
+        if main_proc:
+            print(f"bf16 autocast off: this {dev.type} has no native bf16 (emulated it is ~50x slower); training in float32")
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     torch.manual_seed(tc.seed + rank)
@@ -525,16 +595,22 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         x = random_batch(imgs, tc.batch, tc.crop, run.gen).to(dev, non_blocking=True)
         prefix = _shared_prefix(run.gen, T, world, dev)
         loss, terms = rd_loss(tc, net, x, prefix, T, run.gen)
-        lv = _mean_over_processes(loss.item(), world, dev)
-        skip = guard.bad_loss(run.step, lv)
+        losses = _gather_over_processes(terms.pop("per_image"), world, dev)
+        quality = terms.pop("quality")
+        kinds = guard.kinds(None if quality is None else _gather_over_processes(quality, world, dev), prefix)
+        kinds = kinds * (len(losses) // len(kinds))
+        lv = sum(losses) / len(losses)
+        skip = guard.bad_loss(run.step, lv, kinds)
         if not skip:
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
             skip = guard.bad_grad(run.step, gn)
-            if not skip:
+            if skip:
+                log.count("skipped_grad")  # of the skips, those for the gradient norm
+            else:
                 run.opt.step()
-                guard.accepted(lv, gn)
+                guard.accepted(losses, kinds, gn)
                 run.update_ema(tc.ema)
         if skip:
             log.count("skipped")

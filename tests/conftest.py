@@ -1,4 +1,5 @@
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -100,3 +101,11 @@ def smooth_image(h, w, seed=0):
     img = np.stack([128 + 100 * np.sin(xx / 9.0 + c) * np.cos(yy / 7.0 - c) for c in range(3)], -1)
     img += r.normal(0, 12, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def photo_folder(folder, n, h=48, w=64, name="{i}.png"):
+    """A folder of ``n`` smooth_image PNGs (seeds 0..n-1), named by ``name``."""
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(smooth_image(h, w, seed=i)).save(folder / name.format(i=i, n=i + 1))
+    return folder

@@ -12,7 +12,7 @@ from PIL import Image
 
 from convcodec.metrics import pillow_roundtrip
 
-from .conftest import smooth_image
+from .conftest import photo_folder, smooth_image
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -66,10 +66,7 @@ def test_jpeg_xl_row_is_libjxl_at_effort_7():
 
 def test_small_run_writes_everything(tmp_path, tiny_model, tiny_vr, monkeypatch):
     compare = _tool("compare")
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    for i in range(2):
-        Image.fromarray(smooth_image(176, 184, seed=i)).save(imgs / f"kodim0{i + 1}.png")
+    imgs = photo_folder(tmp_path / "imgs", 2, 176, 184, name="kodim0{n}.png")
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["compare.py", "--images", str(imgs), "--out", str(out),
                                       "--models", f"{tiny_vr},{tiny_model}"])
@@ -385,3 +382,30 @@ def test_ceiling_rounded_is_the_files_picture_and_the_ceiling_ignores_the_qualit
     # made afterwards is the file's own again
     assert MatNet.__dict__["_quality_map"] is orig_map
     assert 8 * len(codec.encode(rgb, model=eq, quality=60).data) / (40 * 56) == own["bpp"]
+
+
+def test_spike_guard_tool_runs_both_rules_on_the_same_batches(tmp_path, tiny_vr):
+    guard = _tool("spike_guard")
+    data = photo_folder(tmp_path / "data", 2)
+    out = tmp_path / "g.json"
+    guard.main(["--model", tiny_vr, "--data", str(data), "--crop", "32", "--batch", "2",
+                "--batches", "12", "--warmup", "2", "--json", str(out)])
+    rec = json.loads(out.read_text())
+    s, rows = rec["summary"], rec["batches"]
+    assert len(rows) == 12 and s["batches_after_warmup"] == 9
+    for rule in ("old", "new"):
+        skipped = [r for r in rows if r["step"] > 2 and r[f"skip_{rule}"]]
+        assert s[rule]["skipped_fraction"] == round(len(skipped) / 9, 4)
+    for r in rows:
+        assert len(r["quality"]) == len(r["per_image"]) == 2
+        assert abs(r["loss"] - np.mean(r["per_image"])) < 1e-6 * max(1.0, r["loss"])
+    # the old rule, by hand: 3x one running average of the accepted batch losses
+    avg = None
+    for r in rows:
+        bad = avg is not None and r["step"] > 2 and r["loss"] > 3 * avg
+        assert bad == r["skip_old"]
+        if not bad:
+            avg = r["loss"] if avg is None else 0.99 * avg + 0.01 * r["loss"]
+    # a single-rate model has nothing to compare
+    with pytest.raises(SystemExit, match="single-rate"):
+        guard.main(["--model", "matnet-low", "--data", str(data), "--crop", "32", "--batches", "1"])

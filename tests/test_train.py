@@ -8,7 +8,7 @@ from convcodec import codec, zoo
 from convcodec.entropy import symbol_crc
 from convcodec.train import TrainConfig, train
 
-from .conftest import TINY, smooth_image
+from .conftest import TINY, photo_folder, smooth_image
 
 
 def test_train_export_and_resume(tmp_path):
@@ -305,3 +305,73 @@ def test_init_to_a_wider_lambda_range_keeps_the_models_function(tmp_path):
                 got = mine(inputs(mine, ch, u + centre))[..., 3:-3, 3:-3]
                 want = theirs(inputs(theirs, ch, a * u + centre))[..., 3:-3, 3:-3]
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_spike_guard_expects_each_kind_of_batch_its_own_loss():
+    """A variable-rate image's loss grows ~100x from quality 0 to 1 and its
+    prefix term shrinks with the prefix, so the guard compares a batch with
+    what its qualities and prefix usually cost: a batch that drew high
+    qualities and a short prefix is not a spike, a batch at 5x its usual cost is."""
+    from convcodec.train import SpikeGuard
+    g = SpikeGuard(warmup=2)
+    usual = lambda u, p: 0.5 + 60 * u ** 3 * (1 + 3 / p)      # roughly matnet-vr16's per-image losses
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        q, p = rng.random(4).tolist(), int(rng.integers(1, 8))
+        g.accepted([usual(u, p) for u in q], g.kinds(q, p), gn=1.0)
+    low, high = [0.05, 0.1, 0.02, 0.2], [0.95, 0.9, 0.99, 0.97]
+    for q, p in ((low, 7), (high, 1), (high, 7)):
+        kinds = g.kinds(q, p)
+        batch = float(np.mean([usual(u, p) for u in q]))
+        assert not g.bad_loss(step=10, loss=batch, kinds=kinds)
+        assert g.bad_loss(step=10, loss=5 * batch, kinds=kinds)
+        assert not g.bad_loss(step=1, loss=5 * batch, kinds=kinds)      # not during the warm-up
+    # that high batch at prefix 1 costs over 3x the mean batch: one running average of the batch loss would skip it
+    mean_batch = np.mean([usual(u, p) for u, p in zip(rng.random(4000), rng.integers(1, 8, 4000))])
+    assert np.mean([usual(u, 1) for u in high]) > 3 * mean_batch
+    assert g.bad_loss(step=10, loss=float("nan"), kinds=g.kinds(low, 3))
+    # a single-rate model has one kind per prefix
+    assert g.kinds(None, 3) == [(3, 0)]
+    # a checkpoint from before the kinds (one float) starts them afresh: a kind not seen is no spike
+    old = SpikeGuard(warmup=2, loss_avg=3.5)
+    assert old.loss_avg == {}
+    assert not old.bad_loss(step=10, loss=1e6, kinds=[(1, 0), (1, 7)])
+    assert SpikeGuard(warmup=2, loss_avg=g.loss_avg).loss_avg == g.loss_avg
+
+
+def test_spike_guard_starts_each_kind_from_a_plain_mean():
+    """A kind's first 1/(1 - DECAY) images make a plain mean (an EMA started
+    from its first image would lean on that one image for dozens of batches);
+    averages restored from a checkpoint go on as EMAs."""
+    from convcodec.train import SpikeGuard
+    g, k = SpikeGuard(warmup=0), [(2, 3)]
+    first = [1.0, 9.0, 2.0, 4.0]
+    for v in first:
+        g.accepted([v], k, gn=1.0)
+    assert g.loss_avg[k[0]] == pytest.approx(np.mean(first))
+    n = round(1 / (1 - g.DECAY))
+    for _ in range(n - len(first)):
+        g.accepted([4.0], k, gn=1.0)
+    before = g.loss_avg[k[0]]
+    g.accepted([100.0], k, gn=1.0)                     # past n images: an EMA step
+    assert g.loss_avg[k[0]] == pytest.approx(g.DECAY * before + (1 - g.DECAY) * 100.0)
+    resumed = SpikeGuard(warmup=0, loss_avg={k[0]: 4.0})
+    resumed.accepted([100.0], k, gn=1.0)
+    assert resumed.loss_avg[k[0]] == pytest.approx(g.DECAY * 4.0 + (1 - g.DECAY) * 100.0)
+    resumed.reverted({k[0]: 4.0})
+    resumed.accepted([100.0], k, gn=1.0)
+    assert resumed.loss_avg[k[0]] == pytest.approx(g.DECAY * 4.0 + (1 - g.DECAY) * 100.0)
+
+
+def test_bf16_autocast_only_where_native(tmp_path, monkeypatch, capsys):
+    """Emulated bf16 (a CPU with AVX2 alone) is ~50x slower than float32: the
+    trainer then trains in float32, says so, and the checkpoint records it."""
+    import convcodec.train as T
+    assert isinstance(T.bf16_native(torch.device("cpu")), bool)
+    monkeypatch.setattr(T, "bf16_native", lambda dev: False)
+    data = photo_folder(tmp_path / "data", 1)
+    tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.01, warmup=2, ckpt_minutes=100)
+    assert tc.bf16
+    T.train(TINY.to_dict(), tc, str(tmp_path / "run"), "b")
+    assert "bf16 autocast off" in capsys.readouterr().out
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["train_cfg"]["bf16"] is False
