@@ -86,9 +86,10 @@ def refine_offsets(net, x01: torch.Tensor, h: int, w: int, start: list[torch.Ten
     opt = torch.optim.Adam(ys, lr=travel(lmbda) / iters)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / iters)))
     best_cost, best = math.inf, [quantize(y.detach()) for y in ys]
+    bf16 = BF16 and bf16_native(x01.device)
     for i in range(iters + 1):
         given = Given(ys)
-        with torch.autocast(x01.device.type, dtype=torch.bfloat16, enabled=BF16 and bf16_native(x01.device)):
+        with torch.autocast(x01.device.type, dtype=torch.bfloat16, enabled=bf16):
             st, _ = _start(net, 1, x01.shape[-2], x01.shape[-1], x01.device, quality)
             rec = walk(net, st, given, len(ys), coding=True).float()
         mse = F.mse_loss(rec[..., :h, :w].clamp(0, 1), x01[..., :h, :w])

@@ -320,27 +320,23 @@ class SpikeGuard:
     BINS, DECAY = 8, 0.98
 
     def __init__(self, warmup: int, loss_avg=None):
-        self.warmup, self.gn_avg, self.in_row = warmup, None, 0
-        self.loss_avg = self._state(loss_avg)
-        self.seen = self._settled(self.loss_avg)
+        self.warmup = warmup
+        self.reverted(loss_avg)
 
-    @staticmethod
-    def _settled(loss_avg: dict) -> dict:
-        """Averages restored from a checkpoint have long settled: go on as EMAs."""
-        return dict.fromkeys(loss_avg, 1 << 30)
+    def reverted(self, loss_avg):
+        """Start from a checkpoint's averages: a dict of them, or a float from
+        before the kinds, or None (then learnt afresh, a kind at a time; a
+        kind not yet seen is never a spike). Restored averages have long
+        settled, so they go on as EMAs."""
+        self.loss_avg = dict(loss_avg) if isinstance(loss_avg, dict) else {}
+        self.seen = dict.fromkeys(self.loss_avg, 1 << 30)
+        self.gn_avg, self.in_row = None, 0
 
-    @staticmethod
-    def _state(saved) -> dict:
-        """The averages from a checkpoint (a float from before the kinds, or
-        None: learnt afresh, a kind at a time; a kind not yet seen is never
-        a spike)."""
-        return dict(saved) if isinstance(saved, dict) else {}
-
-    def kinds(self, quality, prefix: int = 0) -> list[tuple]:
+    def kinds(self, quality, prefix: int = 0, n: int = 1) -> list[tuple]:
         """The kind of each image: (prefix, bin of its quality u in [0, 1])
-        (quality None: a single-rate model, one kind per prefix)."""
+        (quality None: a single-rate model, its ``n`` images all of one kind)."""
         if quality is None:
-            return [(prefix, 0)]
+            return [(prefix, 0)] * n
         return [(prefix, min(int(float(u) * self.BINS), self.BINS - 1)) for u in quality]
 
     def _armed(self, step: int) -> bool:
@@ -379,10 +375,6 @@ class SpikeGuard:
         """Count a skipped update; True when it is time to revert."""
         self.in_row += 1
         return self.in_row >= self.REVERT_AFTER
-
-    def reverted(self, loss_avg):
-        self.loss_avg, self.gn_avg, self.in_row = self._state(loss_avg), None, 0
-        self.seen = self._settled(self.loss_avg)
 
 
 class TrainLog:
@@ -597,8 +589,8 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         loss, terms = rd_loss(tc, net, x, prefix, T, run.gen)
         losses = _gather_over_processes(terms.pop("per_image"), world, dev)
         quality = terms.pop("quality")
-        kinds = guard.kinds(None if quality is None else _gather_over_processes(quality, world, dev), prefix)
-        kinds = kinds * (len(losses) // len(kinds))
+        kinds = guard.kinds(None if quality is None else _gather_over_processes(quality, world, dev),
+                            prefix, len(losses))
         lv = sum(losses) / len(losses)
         skip = guard.bad_loss(run.step, lv, kinds)
         if not skip:
