@@ -224,6 +224,26 @@ def test_init_widens_finest_h_b_without_changing_the_files(tmp_path):
     _assert_same_files(src_path, wide, tmp_path / "wide", x)
 
 
+def test_init_widens_the_merges_without_changing_the_files_then_they_train(tmp_path):
+    """--init into wider merge modules (merge_hidden, encoder only): the new
+    hidden channels start with fresh weights in and zero weights out, so the
+    grown encoder stores the source's symbols, byte for byte, and the zero
+    weights out get a gradient (they would stay at zero if both sides did)."""
+    src_path, wide = _grown_tiny_vr(tmp_path, merge_hidden=20)
+    m = wide.merge[-1]
+    assert m.c1.out_channels == 20 and m.c2.in_channels == 20 and m.c2.out_channels == 8
+    assert m.c1.weight[8:].abs().sum() > 0 and m.c2.weight[:, 8:].abs().sum() == 0
+    x = (np.random.default_rng(1).random((40, 72, 3)) * 255).astype(np.uint8)
+    _assert_same_files(src_path, wide, tmp_path / "wide", x)
+    wide.train()
+    xb = torch.tensor(x[:32, :64]).permute(2, 0, 1)[None].float().div(255)
+    h_b = wide.begin(xb, 0.7)
+    st, enc = wide.init_state(1, 32, 64, quality=0.7)
+    mu_q, _ = wide.posterior(h_b, st, enc)
+    mu_q.square().sum().backward()
+    assert wide.merge[0].c2.weight.grad[:, 8:].abs().sum() > 0
+
+
 def test_init_into_a_residual_read_keeps_the_files_then_the_read_matters(tmp_path):
     """--init into an encoder that reads the residual (residual_read, encoder
     only): the 192 residual channels enter the finest merges through zero
