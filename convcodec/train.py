@@ -488,7 +488,7 @@ def _gather_over_processes(values: list, world: int, dev) -> list:
     return torch.cat(out).tolist()
 
 
-def _shared_prefix(gen: random.Random, T: int, world: int, dev) -> int:
+def shared_prefix(gen: random.Random, T: int, world: int, dev) -> int:
     """The random prefix length scored this iteration: the first process's
     draw, so every process builds the same graph (DDP needs that)."""
     prefix = gen.randrange(1, T)
@@ -585,7 +585,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         for g in run.opt.param_groups:
             g["lr"] = lr_at(tc, run.step, run.elapsed / budget) * g.get("lr_mult", 1.0)
         x = random_batch(imgs, tc.batch, tc.crop, run.gen).to(dev, non_blocking=True)
-        prefix = _shared_prefix(run.gen, T, world, dev)
+        prefix = shared_prefix(run.gen, T, world, dev)
         loss, terms = rd_loss(tc, net, x, prefix, T, run.gen)
         losses = _gather_over_processes(terms.pop("per_image"), world, dev)
         quality = terms.pop("quality")

@@ -20,7 +20,7 @@ import random
 import numpy as np
 import torch
 
-from convcodec.train import SpikeGuard, TrainConfig, _shared_prefix, fit_crop, load_images, random_batch, rd_loss
+from convcodec.train import SpikeGuard, TrainConfig, fit_crop, load_images, random_batch, rd_loss, shared_prefix
 from convcodec.zoo import load_model
 
 
@@ -64,7 +64,7 @@ def main(argv=None):
     with torch.no_grad():
         for step in range(a.batches):
             x = random_batch(imgs, a.batch, a.crop, gen)
-            prefix = _shared_prefix(gen, T, 1, None)      # drawn as the trainer draws it
+            prefix = shared_prefix(gen, T, 1, None)      # drawn as the trainer draws it
             _, terms = rd_loss(tc, net, x, prefix, T, gen)
             losses, quality = terms["per_image"], terms["quality"]
             kinds, lv = new.kinds(quality, prefix), float(np.mean(losses))
