@@ -307,7 +307,7 @@ def decompress(inputs, output, fmt, steps, temperature, seed, model, device, eng
         from .image import save_image
         if engine == "numpy" or (engine == "auto" and npdecode.can_decode(cdr, model, temperature, device)):
             if not npdecode.can_decode(cdr, model, temperature, "cpu"):
-                raise Failure("--engine numpy decodes only portable (version-2) files of MatNet models "
+                raise Failure("--engine numpy decodes only portable (version 2 or 3) files of MatNet models "
                               f"at temperature 0, up to {npdecode.MAX_PIXELS // 1_000_000} MP")
             rgb = npdecode.decode(cdr, model=model, steps=steps)
         else:
@@ -357,7 +357,9 @@ def info(files):
         click.echo(f"{path}:")
         click.echo(f"  model           {h.model_name} (weights {h.model_digest.hex()})")
         click.echo(f"  format          .cdr version {h.version} ("
-                   + ("exact entropy model: decodes the same on every machine)" if h.version >= 2 else
+                   + ("exact entropy model, the model's code tables: decodes the same on every machine)"
+                      if h.version >= 3 else
+                      "exact entropy model: decodes the same on every machine)" if h.version >= 2 else
                       "float entropy model: another machine may fail to decode it)"))
         if h.quality:
             click.echo(f"  quality         {h.quality}")

@@ -7,11 +7,14 @@ integers back (the ``Coded`` strategy); for the others both regenerate from
 the prior. The encoder therefore tracks exactly the state the decoder will
 have. A model with exact scales computes the coder's probabilities in
 fixed-point arithmetic (convcodec.nets.exact), so its files (container
-version 2) decode to the same symbols on every machine.
+version 2) decode to the same symbols on every machine; a model with code
+tables codes them with its own stored tables instead of the Gaussian
+(version 3, convcodec.entropy.CodeTables).
 """
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +27,7 @@ from .container import CdrFile, ContainerError, Header, overhead_bytes, pack, un
 from .nets.layers import gaussian_bits
 from .nets.rollout import Coded, quantize, walk
 from .quality import DEFAULT_QUALITY, QUALITY_RANGE, check_quality as _check_quality, quality_u  # noqa: F401 (re-exported)
-from .zoo import ModelError, load_model
+from .zoo import ModelError, file_version, load_model
 
 
 @dataclass
@@ -92,6 +95,23 @@ def _table(version: int):
     return entropy.SCALES if version >= 2 else entropy.SCALES_V1
 
 
+_CODE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def code_tables(net) -> list:
+    """A version-3 model's ``CodeTables`` per group (cached per model, rebuilt
+    when its tables changed); None per group for other models."""
+    if file_version(net.cfg) < 3:
+        return [None] * net.num_groups
+    t = net.coder_table
+    key = (t._version, t.data_ptr())
+    hit = _CODE_TABLES.get(net)
+    if hit is None or hit[0] != key:
+        hit = (key, [entropy.CodeTables(row) for row in t.detach().cpu().double().numpy()])
+        _CODE_TABLES[net] = hit
+    return hit[1]
+
+
 def _u(net, quality: int):
     return quality_u(quality) if is_variable_rate(net) else None
 
@@ -135,7 +155,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
                          "model (convcodec models); choose the rate with --steps or another model")
     else:
         quality = 0
-    version = 2 if is_portable(net) else 1
+    version = file_version(net.cfg)
     dev = pick_device(device)
     net = net.to(dev)
     h, w = rgb.shape[:2]
@@ -173,11 +193,17 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
 
         chunks, crcs, est = [], [], []
 
+        tables = code_tables(net)
+
         def take(g, st, prior, wd):
             k = quantize(pick(g, st, prior, wd))
-            est.append(float(gaussian_bits(k, prior.scale).sum()))
-            k = k.to(torch.int32).cpu().numpy()
-            chunks.append(entropy.encode(k[0], prior.idx[0], _table(version)))
+            if tables[g] is None:
+                est.append(float(gaussian_bits(k, prior.scale).sum()))
+                k = k.to(torch.int32).cpu().numpy()
+            else:       # offsets outside the group's tables are clamped (and decoded as such)
+                k = tables[g].clamp(k.to(torch.int32).cpu().numpy(), prior.idx)
+                est.append(tables[g].bits(k, prior.idx))
+            chunks.append(entropy.encode(k[0], prior.idx[0], _table(version) if tables[g] is None else tables[g]))
             crcs.append(entropy.symbol_crc(k[0]))
             return k
 
@@ -200,7 +226,7 @@ def model_for(cdr: CdrFile, model: str | None = None):
             raise ModelError(f"file was made by model {cdr.header.model_name!r}, "
                              f"which is not installed ({e})") from None
         raise
-    check_identity(cdr.header, info, net.num_groups, is_variable_rate(net))
+    check_identity(cdr.header, info, net.num_groups, is_variable_rate(net), file_version(net.cfg))
     return net, info
 
 
@@ -210,8 +236,10 @@ def _decode_batch(net, cdrs: list[CdrFile], stored: int, temperature: float, see
     s = net.cfg.stride
     ph, pw = hd.height + (-hd.height) % s, hd.width + (-hd.width) % s
 
+    tables = code_tables(net)
+
     def take(g, st, prior, wd):
-        return np.stack([_read_group(c, g, prior.idx[b]) for b, c in enumerate(cdrs)])
+        return np.stack([_read_group(c, g, prior.idx[b], tables[g]) for b, c in enumerate(cdrs)])
 
     net = coding_net(net)
     gens = [torch.Generator().manual_seed(sd) for sd in seeds]

@@ -4,7 +4,7 @@ All integers are little-endian. Version 2 layout (version 1 below it):
 
     offset  size  field
     0       4     magic            b"\\x89CDR" (the high bit catches 7-bit mangling)
-    4       1     version          1
+    4       1     version          2 or 3 (1: below)
     5       1     flags            0 (reserved; a reader refuses unknown bits)
     6       1     name_len         n, 1..64
     7       n     model name       UTF-8
@@ -33,7 +33,16 @@ same symbols, their pixels now the same everywhere.) Version 1 (the
 float-prior models of convcodec 0.1) has no quality byte (the header CRC
 covers [0, 25+n)); its scales came from float arithmetic, so a machine with
 another instruction set may fail to decode it (the symbol CRCs catch that).
-Both versions are read; a model writes the version of its entropy model.
+Version 3 has version 2's layout and guarantees; only the chunks differ:
+a group's offsets are range-coded in order of their scale-table index
+(stable: raster order, map by map, within one index), each run of equal
+indices under that (group, index)'s table of probabilities, which the model
+stores with its weights (convcodec.entropy.CodeTables), instead of symbol
+by symbol under the Gaussian of the scale. The symbol CRCs are still over
+the offsets in raster order.
+
+All three versions are read; a model writes (and reads) the version of its
+entropy model.
 
 Groups come in generation order, so cutting a file to its first t groups
 (``truncate``) keeps a valid file: drop trailing chunks and table entries,
@@ -46,8 +55,8 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89CDR"
-VERSION = 2                  # written by models with exact scales
-VERSIONS = (1, 2)            # read
+VERSION = 2                  # written by models with exact scales (3 with code tables)
+VERSIONS = (1, 2, 3)         # read
 MAX_SIDE = 1 << 16           # largest width or height a file may declare
 MAX_PIXELS = 1 << 26         # largest width*height a file may declare (67 MP): bounds a hostile header's cost
 MAX_NAME = 64

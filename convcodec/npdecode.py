@@ -2,7 +2,7 @@
 
 Importing torch takes 1.7 s on our 2-core machine, more than decoding a
 Kodak file does; a command-line decode that needs no torch starts at once.
-This module decodes version-2 files of MatNet models (exact scales) with
+This module decodes portable files (versions 2 and 3) of MatNet models (exact scales) with
 numpy alone: the very group loop of the torch decoder (``nets.walk.walk``,
 at temperature 0, over this module's numpy twin of the model's group
 interface), the same exact entropy model (``nets.exact.ExactScales``, one implementation
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import CdrFile
-from .entropy import read_group
+from .entropy import CodeTables, read_group
 from .nets.exact import ExactConv, ExactScales, FixedConvTranspose, FixedGDN, fixed_conv
 from .nets.walk import Prior, walk
 from .quality import quality_u
-from .zoo import ModelError, check_identity, load_arrays
+from .zoo import ModelError, check_identity, file_version, load_arrays
 
 MAX_PIXELS = 4_000_000     # larger images go to the torch decoder, which works in tiles
 
@@ -71,6 +71,9 @@ class NumpyMatNet:
             self.scale_of += [s] * k
             self.last_of_scale += [False] * (k - 1) + [True]
         self.exact = ExactScales(state, self.latent, self.G, self.scale_of, self.rate_knots)
+        self.version = file_version(cfg)
+        self.tables = ([CodeTables(row) for row in state["coder_table"]] if self.version >= 3
+                       else [None] * self.G)
         self._layers: dict = {}
 
     def _layer(self, name: str, make):
@@ -134,7 +137,7 @@ class NumpyMatNet:
     def decode(self, cdr: CdrFile, stored: int) -> np.ndarray:
         # A stored group's offsets as float32, as the torch decoder's Coded
         # strategy hands them over: z = mu + w k is then the same float32 sum.
-        take = lambda g, st, prior, w: read_group(cdr, g, prior.idx[0]).astype(np.float32)
+        take = lambda g, st, prior, w: read_group(cdr, g, prior.idx[0], self.tables[g]).astype(np.float32)
         x = walk(self, self.init_state(cdr), take, stored, coding=True)
         x = x[:, :cdr.header.height, :cdr.header.width]
         return np.round(np.clip(x, 0, 1) * np.float32(255)).astype(np.uint8).transpose(1, 2, 0)
@@ -169,8 +172,8 @@ def can_decode(cdr: CdrFile, model: str | None = None, temperature: float = 0.0,
 
 
 def decode(cdr: CdrFile, model: str | None = None, steps: int | None = None) -> np.ndarray:
-    """A version-2 .cdr file -> HxWx3 uint8, without torch (see can_decode)."""
+    """A portable .cdr file (version 2 or 3) -> HxWx3 uint8, without torch (see can_decode)."""
     net, _, info = _net(model or cdr.header.model_name)
-    check_identity(cdr.header, info, net.G, bool(net.rate_knots))
+    check_identity(cdr.header, info, net.G, bool(net.rate_knots), net.version)
     stored = len(cdr.chunks) if steps is None else max(0, min(int(steps), len(cdr.chunks)))
     return net.decode(cdr, stored)

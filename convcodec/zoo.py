@@ -24,7 +24,7 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
-DEFAULT_MODEL = "matnet-vr16"
+DEFAULT_MODEL = "matnet-vr16t"
 
 
 class ModelError(Exception):
@@ -175,9 +175,17 @@ def load_arrays(name_or_path: str | None = None):
     return _load_arrays(str(p.resolve()), p.stat().st_mtime)
 
 
-def check_identity(header, info: dict, num_groups: int, variable_rate: bool = False):
+def file_version(cfg) -> int:
+    """The .cdr version a model writes, and the only one it reads (``cfg``:
+    its config, object or dict): 3 with code tables, 2 with exact scales
+    (the portable entropy model), else 1."""
+    get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, False))
+    return 3 if get("coder_tables") else 2 if get("exact_scales") else 1
+
+
+def check_identity(header, info: dict, num_groups: int, variable_rate: bool = False, version: int | None = None):
     """Refuse to decode a file with weights other than those it was made with,
-    or whose header does not fit that model."""
+    or whose header does not fit that model (``version``: the one it writes)."""
     from .container import ContainerError
     digest8 = bytes.fromhex(info["sha256"])[:8]
     if digest8 != header.model_digest:
@@ -186,6 +194,9 @@ def check_identity(header, info: dict, num_groups: int, variable_rate: bool = Fa
                          f"{info['name']!r} (weights {digest8.hex()}): cannot decode with a different model")
     if num_groups != header.groups_total:
         raise ContainerError("corrupted .cdr header (group count does not match the model)")
+    if version is not None and header.version != version:
+        raise ContainerError(f"corrupted .cdr header (version {header.version}, but the model "
+                             f"writes version {version})")
     if variable_rate != (header.quality > 0):
         raise ContainerError(f"corrupted .cdr header (quality {header.quality} for a "
                              f"{'variable' if variable_rate else 'single'}-rate model)")

@@ -68,6 +68,24 @@ def make_tiny_vr(path, seed=0, name="tiny-vr"):
     return str(path) + ".safetensors"
 
 
+def make_tiny_tables(path, seed=0, name="tiny-tables"):
+    """make_tiny_vr's networks (same seed: the same weights) with code tables
+    (version-3 files), random ones: nothing like the Gaussian's."""
+    net, _ = zoo.load_model(make_tiny_vr(str(path) + "-networks", seed=seed))
+    m = MatNet(MatNetConfig.from_dict({**TINY_VR.to_dict(), "coder_tables": True}))
+    m.load_state_dict(net.state_dict(), strict=False)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        m.coder_table.mul_(torch.rand(m.coder_table.shape, generator=g) + 0.5)
+    zoo.save_model(m, path, {"name": name})
+    return str(path) + ".safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_tables(tmp_path_factory):
+    return make_tiny_tables(tmp_path_factory.mktemp("tables") / "tiny-tables")
+
+
 @pytest.fixture(scope="session")
 def tiny_vr(tmp_path_factory):
     return make_tiny_vr(tmp_path_factory.mktemp("vr") / "tiny-vr")

@@ -19,10 +19,11 @@ def test_roundtrip():
     assert len(data) == C.overhead_bytes("model-x", 3) + sum(len(c) for c in f.chunks)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_little_endian_layout(version):
+    """Version 3 has version 2's layout (only its chunks are coded otherwise)."""
     f = sample()
-    f.header.version, f.header.quality = version, (37 if version == 2 else 0)
+    f.header.version, f.header.quality = version, (37 if version >= 2 else 0)
     data = C.pack(f)
     assert data[:4] == b"\x89CDR" and data[4] == version
     n = data[6]
@@ -31,8 +32,8 @@ def test_little_endian_layout(version):
     assert int.from_bytes(data[off:off + 4], "little") == 33
     assert int.from_bytes(data[off + 4:off + 8], "little") == 17
     assert data[off + 8] == 3 and data[off + 9] == 3               # groups total, stored
-    head = off + 10 + (1 if version == 2 else 0)
-    if version == 2:
+    head = off + 10 + (1 if version >= 2 else 0)
+    if version >= 2:
         assert data[off + 10] == 37                                # quality
     assert int.from_bytes(data[head:head + 4], "little") == zlib.crc32(data[:head])
     g = C.unpack(data)

@@ -142,7 +142,7 @@ def test_shipped_default_model_round_trip(tmp_path):
 
 
 # Other machines, simulated: oneDNN limited to AVX2 (most laptops), no vector
-# kernels at all, one thread. Portable (version-2) files must decode to the
+# kernels at all, one thread. Portable (version 2 or 3) files must decode to the
 # same symbols (the per-group symbol CRCs check every one) and, through the
 # fixed-point reconstruction (convcodec.nets.fixed), to the same pixels.
 MACHINES = {
@@ -157,7 +157,7 @@ def _portable_files(tmp_path, model, images, quality):
     files = []
     for i, rgb in enumerate(images):
         enc = codec.encode(rgb, model=model, quality=quality)
-        assert enc.cdr.header.version == 2
+        assert enc.cdr.header.version >= 2
         f = tmp_path / f"{i}.cdr"
         f.write_bytes(enc.data)
         files.append(f)
@@ -184,10 +184,14 @@ def _decode_everywhere(tmp_path, files, model_args):
     return differ
 
 
-def test_portable_files_decode_on_simulated_machines(tmp_path, tiny_vr):
+@pytest.mark.parametrize("kind", ["tiny_vr", "tiny_tables"])      # versions 2 and 3
+def test_portable_files_decode_on_simulated_machines(tmp_path, request, kind):
+    model = request.getfixturevalue(kind)
     images = [smooth_image(40, 56, seed=s) for s in range(2)]
-    files = _portable_files(tmp_path, tiny_vr, images, 70)
-    assert _decode_everywhere(tmp_path, files, ["--model", tiny_vr]) == 0
+    files = _portable_files(tmp_path, model, images, 70)
+    code, text, _ = cli("info", files[0])
+    assert code == 0 and f"version {3 if kind == 'tiny_tables' else 2}" in text.decode()
+    assert _decode_everywhere(tmp_path, files, ["--model", model]) == 0
 
 
 def test_shipped_model_files_decode_on_simulated_machines(tmp_path):

@@ -44,3 +44,62 @@ def test_coded_size_matches_information_content(rng):
 def test_wrong_length_is_a_stream_error():
     with pytest.raises(entropy.StreamError):
         entropy.decode(b"\x00\x01\x02", np.zeros(3, np.uint8))
+
+
+def _tables(rng):
+    """A row of code tables unlike the Gaussian's: random positive weights."""
+    return entropy.CodeTables(rng.random(entropy.TABLE_LEN).astype(np.float32) + 1e-3)
+
+
+def test_code_tables_round_trip_in_scale_order(rng):
+    """Version 3: any offsets within the tables' supports, at any scale
+    indices, come back in raster order; the extremes of each support too."""
+    tables = _tables(rng)
+    idx = rng.integers(0, entropy.NUM_SCALES, size=(4, 9, 11)).astype(np.uint8)
+    half = entropy.TABLE_HALF[idx]
+    sym = rng.integers(-half, half + 1).astype(np.int32)
+    sym[0, 0, :2] = half[0, 0, :2] * np.array([1, -1])
+    data = entropy.encode(sym, idx, tables)
+    out = entropy.decode(data, idx, tables)
+    np.testing.assert_array_equal(out, sym)
+    # the same bytes under another row of tables are other symbols (or an error)
+    try:
+        other = entropy.decode(data, idx, _tables(np.random.default_rng(7)))
+    except entropy.StreamError:
+        other = None
+    assert other is None or not np.array_equal(other, sym)
+    assert entropy.decode(entropy.encode(np.zeros(0, np.int32), np.zeros(0, np.uint8), tables),
+                          np.zeros(0, np.uint8), tables).size == 0
+
+
+def test_code_tables_clamp_to_their_support_and_refuse_beyond_it(rng):
+    tables = _tables(rng)
+    idx = np.array([0, 0, 63, 63], np.uint8)
+    sym = np.array([1000, -33, entropy.SYMBOL_MAX, -5], np.int32)
+    clamped = tables.clamp(sym, idx)
+    np.testing.assert_array_equal(clamped, [entropy.TABLE_MIN_HALF, -entropy.TABLE_MIN_HALF,
+                                            entropy.TABLE_HALF[63], -5])
+    with pytest.raises(ValueError, match="clamp first"):
+        entropy.encode(sym, idx, tables)
+    np.testing.assert_array_equal(entropy.decode(entropy.encode(clamped, idx, tables), idx, tables), clamped)
+
+
+def test_code_tables_cost_what_they_say(rng):
+    """Coded bytes are within 1% of the tables' own -log2 p (the estimate
+    the encoder reports), and the Gaussian's tables cost what the version-2
+    coder costs."""
+    idx = rng.integers(5, 50, size=200_000).astype(np.uint8)
+    sym = np.rint(rng.normal(0, entropy.SCALES[idx])).astype(np.int32)
+    gauss = entropy.CodeTables(entropy.gaussian_tables().astype(np.float32))
+    sym = gauss.clamp(sym, idx)
+    coded = 8 * len(entropy.encode(sym, idx, gauss))
+    assert coded == pytest.approx(gauss.bits(sym, idx), rel=0.01)
+    assert coded == pytest.approx(8 * len(entropy.encode(sym, idx)), rel=0.005)
+
+
+def test_code_tables_refuse_a_malformed_row():
+    empty = np.ones(entropy.TABLE_LEN)
+    empty[entropy.TABLE_START[5]:entropy.TABLE_START[6]] = 0          # scale 5's table all zero
+    for row in (np.ones(entropy.TABLE_LEN - 1), np.full(entropy.TABLE_LEN, np.nan), -np.ones(entropy.TABLE_LEN), empty):
+        with pytest.raises(ValueError):
+            entropy.CodeTables(row)

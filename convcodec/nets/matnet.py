@@ -91,6 +91,16 @@ class MatNetConfig:
     # Measured: 192, grown from matnet-vr16 and trained 120 min (matnet-vr18,
     # not shipped), bought 0.33% BD-rate (docs/campaign.md).
     merge_hidden: int = 0
+    # Version-3 files (needs exact_scales): the coder's probabilities are a
+    # table per (group, scale index), stored with the weights as the buffer
+    # ``coder_table`` (convcodec.entropy.CodeTables), instead of the
+    # quantized Gaussian. Why: the real offsets are not Gaussian (heavier
+    # tails, more zeros at small scales); tables fitted on training photos
+    # (tools/fit_tables.py) code Kodak in about 1% fewer bits at low rates,
+    # and a table per run of equal scale decodes faster than a Gaussian
+    # evaluated per symbol. Training never reads them (its rate stays the
+    # Gaussian's); a new model starts with the Gaussian's own tables.
+    coder_tables: bool = False
 
     @property
     def finest_bu(self) -> int:
@@ -254,6 +264,12 @@ class MatNet(LatentGroups):
             self.log_sigma0 = nn.Parameter(torch.zeros(L))
             self.scale_nets = nn.ModuleList(ScaleNet(2 * L + 1, cfg.scale_hidden, L) for _ in range(n - 1))
             self._exact_cache: dict = {}
+        if cfg.coder_tables:
+            if not cfg.exact_scales:
+                raise ValueError("coder_tables needs exact_scales (version-3 files are portable ones)")
+            from ..entropy import gaussian_tables
+            row = torch.from_numpy(gaussian_tables()).float()
+            self.register_buffer("coder_table", row.expand(n, -1).clone())
         # group index -> (scale, is the last group of its scale)
         self._scale_of, self._last_of_scale = [], []
         for s, k in enumerate(cfg.groups):

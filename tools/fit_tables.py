@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Fit a model's code tables on training photos: a new model that writes
+version-3 files (convcodec.entropy.CodeTables).
+
+The source model encodes training photos (never Kodak) at a spread of
+qualities; every stored offset is counted per (group, scale index). Each
+table is the symmetrised counts plus ``--prior-weight`` pseudo-counts of the
+quantized Gaussian of its scale (the version-2 coder, which the fit falls
+back to where it saw few offsets), normalised. The networks are the
+source's, unchanged, so the new model stores the same offsets (except the
+rare one beyond its table's support, which is clamped) and draws the same
+pictures; only the bytes change.
+
+    python tools/fit_tables.py --model matnet-vr16 --name matnet-vr16t --every 6 --threads 1
+    python tools/evaluate.py --model matnet-vr16t --update-card     # then its Kodak numbers
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+from convcodec import codec, entropy
+from convcodec.entropy import NUM_SCALES, TABLE_HALF, TABLE_LEN, TABLE_START
+from convcodec.zoo import MODELS_DIR, build_model, config_from_dict, load_model, save_model
+
+QUALITIES = (1, 15, 30, 45, 60, 75, 90, 100)
+
+
+@contextlib.contextmanager
+def recording():
+    """Every (offsets, scale indices) the codec range-codes, in group order."""
+    seen: list = []
+    orig = entropy.encode
+
+    def spy(symbols, idx, table=entropy.SCALES):
+        seen.append((np.array(symbols, dtype=np.int64).ravel(), np.array(idx, dtype=np.int64).ravel()))
+        return orig(symbols, idx, table)
+
+    entropy.encode = spy
+    try:
+        yield seen
+    finally:
+        entropy.encode = orig
+
+
+def count(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
+    """Add one group's offsets to its row of counts (TABLE_LEN), each offset
+    clamped to its table's support, as the encoder of the new model would."""
+    half = TABLE_HALF[idx]
+    pos = TABLE_START[idx] + half + np.clip(sym, -half, half)
+    counts += np.bincount(pos, minlength=TABLE_LEN)
+
+
+def tables_from(counts: np.ndarray, prior_weight: float) -> np.ndarray:
+    """Rows of probabilities from rows of counts (groups x TABLE_LEN):
+    symmetrised, with the Gaussian's pseudo-counts, normalised per scale."""
+    gauss = entropy.gaussian_tables()
+    out = np.empty_like(counts, dtype=np.float64)
+    for g in range(counts.shape[0]):
+        for j in range(NUM_SCALES):
+            a, b = TABLE_START[j], TABLE_START[j + 1]
+            c = counts[g, a:b]
+            c = 0.5 * (c + c[::-1]) + prior_weight * gauss[a:b]
+            out[g, a:b] = c / c.sum()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="the source model (name or .safetensors)")
+    ap.add_argument("--name", required=True, help="the new model's name (written to models/)")
+    ap.add_argument("--data", default="../shared/data/train", help="training photos (never Kodak)")
+    ap.add_argument("--every", type=int, default=4, help="use every N-th training photo")
+    ap.add_argument("--qualities", default=",".join(map(str, QUALITIES)))
+    ap.add_argument("--prior-weight", type=float, default=20.0,
+                    help="pseudo-counts of the Gaussian in each (group, scale) table")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--notes", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from convcodec.train import load_images
+    src, info = load_model(a.model)
+    if not codec.is_variable_rate(src) or not codec.is_portable(src):
+        sys.exit("code tables need a variable-rate model with exact scales")
+    photos = load_images([a.data])[::a.every]
+    qualities = [int(q) for q in a.qualities.split(",")]
+    G = src.num_groups
+    counts = np.zeros((G, TABLE_LEN), dtype=np.int64)
+    t0 = time.perf_counter()
+    for i, im in enumerate(photos):
+        rgb = np.ascontiguousarray(im.permute(1, 2, 0).numpy())
+        for q in qualities:
+            with recording() as seen:
+                codec.encode(rgb, model=a.model, quality=q, device="cpu")
+            for g, (sym, idx) in enumerate(seen):
+                count(counts[g], sym, idx)
+        print(f"[{i + 1}/{len(photos)}] {rgb.shape[1]}x{rgb.shape[0]}, {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
+    cfg = config_from_dict({**src.cfg.to_dict(), "coder_tables": True})
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    assert missing == ["coder_table"] and not unexpected, (missing, unexpected)
+    with torch.no_grad():
+        model.coder_table.copy_(torch.from_numpy(tables_from(counts, a.prior_weight)))
+    card = {k: v for k, v in info["card"].items() if k not in ("kodak", "kodak_anchors", "config", "sha256", "parameters")}
+    card.update(name=a.name, description=a.notes or card.get("description", ""))
+    card["code_tables"] = {
+        "source": f"{info['name']} (sha256 {info['sha256'][:12]})",
+        "photos": f"every {a.every}th of {a.data} ({len(photos)} photos, large ones downscaled as in training)",
+        "qualities": qualities, "prior_weight": a.prior_weight,
+        "offsets_counted": int(counts.sum()), "offsets_per_group": counts.sum(1).tolist(),
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+    }
+    save_model(model, MODELS_DIR / a.name, card)
+    print(f"wrote {MODELS_DIR / a.name}.safetensors ({int(counts.sum())} offsets counted)")
+
+
+if __name__ == "__main__":
+    main()
