@@ -77,8 +77,8 @@ def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 def is_portable(net) -> bool:
     """Whether the model's coder scales come from exact arithmetic (files of
-    version 2, the same symbols on every machine)."""
-    return bool(getattr(net.cfg, "exact_scales", False))
+    version 2 or 3, the same symbols on every machine)."""
+    return file_version(net.cfg) >= 2
 
 
 def coding_net(net):
@@ -89,10 +89,6 @@ def coding_net(net):
 
 def is_variable_rate(net) -> bool:
     return bool(getattr(net.cfg, "rate_knots", 0))
-
-
-def _table(version: int):
-    return entropy.SCALES if version >= 2 else entropy.SCALES_V1
 
 
 _CODE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -203,7 +199,7 @@ def encode(rgb: np.ndarray, model: str | None = None, steps: int | None = None,
             else:       # offsets outside the group's tables are clamped (and decoded as such)
                 k = tables[g].clamp(k.to(torch.int32).cpu().numpy(), prior.idx)
                 est.append(tables[g].bits(k, prior.idx))
-            chunks.append(entropy.encode(k[0], prior.idx[0], _table(version) if tables[g] is None else tables[g]))
+            chunks.append(entropy.encode(k[0], prior.idx[0], entropy.group_coder(version, tables[g])))
             crcs.append(entropy.symbol_crc(k[0]))
             return k
 

@@ -134,13 +134,17 @@ class CodeTables:
 
     def __init__(self, row: np.ndarray):
         row = np.asarray(row, dtype=np.float64).ravel()
-        if (row.shape != (TABLE_LEN,) or not np.all(np.isfinite(row)) or np.any(row < 0)
-                or not np.all(np.add.reduceat(row, TABLE_START[:-1]) > 0)):
+        ok = row.shape == (TABLE_LEN,) and np.all(np.isfinite(row)) and not np.any(row < 0)
+        sums = np.add.reduceat(row, TABLE_START[:-1]) if ok else None
+        if not ok or not np.all(sums > 0):
             raise ValueError(f"a row of code tables has {TABLE_LEN} finite probabilities >= 0, "
                              "no table all zero")
         self.row = row
         self._models: dict = {}
-        self._logp: np.ndarray | None = None
+        # -log2 of each table's normalised probabilities (floored at the
+        # coder's 24-bit resolution): the encoder's estimate of the bytes.
+        p = row / np.repeat(sums, 2 * TABLE_HALF + 1)
+        self._bits = -np.log2(np.maximum(p, 2.0 ** -24))
 
     def model(self, j: int):
         if j not in self._models:
@@ -149,23 +153,33 @@ class CodeTables:
                 self.row[TABLE_START[j]:TABLE_START[j + 1]], perfect=False)
         return self._models[j]
 
-    def clamp(self, symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Offsets clamped to their tables' supports (int32)."""
+    @staticmethod
+    def clamp(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Offsets clamped to their tables' supports (int32), as the encoder stores them."""
         half = TABLE_HALF[np.asarray(idx, dtype=np.int64)]
         return np.clip(symbols, -half, half).astype(np.int32)
 
     def bits(self, symbols: np.ndarray, idx: np.ndarray) -> float:
         """What the tables charge for these (clamped) offsets, in bits: the
         model's own estimate of the coded size."""
-        if self._logp is None:
-            p = np.empty(TABLE_LEN)
-            for j in range(NUM_SCALES):
-                a, b = TABLE_START[j], TABLE_START[j + 1]
-                p[a:b] = self.row[a:b] / self.row[a:b].sum()
-            self._logp = -np.log2(np.maximum(p, 2.0 ** -24))
-        idx = np.asarray(idx, dtype=np.int64).ravel()
-        pos = TABLE_START[idx] + TABLE_HALF[idx] + np.asarray(symbols, dtype=np.int64).ravel()
-        return float(self._logp[pos].sum())
+        return float(self._bits[table_positions(symbols, idx)].sum())
+
+
+def table_positions(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Where each (clamped) offset sits in a row of tables (flat int64)."""
+    idx = np.asarray(idx, dtype=np.int64).ravel()
+    return TABLE_START[idx] + TABLE_HALF[idx] + np.asarray(symbols, dtype=np.int64).ravel()
+
+
+def group_coder(version: int, tables: CodeTables | None = None):
+    """What codes a group of a file of this version, encoder and decoder
+    alike: the scale table of the Gaussian coder (versions 1 and 2), or the
+    group's ``CodeTables`` (version 3)."""
+    if version >= 3:
+        if tables is None:
+            raise ValueError("a version-3 file is coded with its model's tables, and this model has none")
+        return tables
+    return SCALES if version >= 2 else SCALES_V1
 
 
 def _runs(idx: np.ndarray):
@@ -224,13 +238,8 @@ def read_group(cdr, g: int, idx: np.ndarray, tables: CodeTables | None = None) -
     # here computed other probabilities than the encoder's did (a
     # different machine or build), unless the file was altered and its
     # checksums recomputed. Both are reported as what they are.
-    table = SCALES if cdr.header.version >= 2 else SCALES_V1
-    if cdr.header.version >= 3:
-        if tables is None:
-            raise DesyncError("a version-3 file is coded with its model's tables, and this model has none")
-        table = tables
     try:
-        k = decode(cdr.chunks[g], idx, table)
+        k = decode(cdr.chunks[g], idx, group_coder(cdr.header.version, tables))
     except StreamError as e:
         raise DesyncError(f"group {g + 1} cannot be decoded although the file's checksum is intact "
                           f"({e}): decoding went out of step with the encoder (this machine "

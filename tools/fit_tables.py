@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from convcodec import codec, entropy
-from convcodec.entropy import NUM_SCALES, TABLE_HALF, TABLE_LEN, TABLE_START
+from convcodec.entropy import NUM_SCALES, TABLE_LEN, TABLE_START, CodeTables, table_positions
 from convcodec.zoo import MODELS_DIR, build_model, config_from_dict, load_model, save_model
 
 QUALITIES = (1, 15, 30, 45, 60, 75, 90, 100)
@@ -51,9 +51,7 @@ def recording():
 def count(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
     """Add one group's offsets to its row of counts (TABLE_LEN), each offset
     clamped to its table's support, as the encoder of the new model would."""
-    half = TABLE_HALF[idx]
-    pos = TABLE_START[idx] + half + np.clip(sym, -half, half)
-    counts += np.bincount(pos, minlength=TABLE_LEN)
+    counts += np.bincount(table_positions(CodeTables.clamp(sym, idx), idx), minlength=TABLE_LEN)
 
 
 def tables_from(counts: np.ndarray, prior_weight: float) -> np.ndarray:
