@@ -357,7 +357,9 @@ def info(files):
         click.echo(f"{path}:")
         click.echo(f"  model           {h.model_name} (weights {h.model_digest.hex()})")
         click.echo(f"  format          .cdr version {h.version} ("
-                   + ("exact entropy model, the model's code tables: decodes the same on every machine)"
+                   + ("exact entropy model, the model's code and context tables: decodes the same on every machine)"
+                      if h.version >= 4 else
+                      "exact entropy model, the model's code tables: decodes the same on every machine)"
                       if h.version >= 3 else
                       "exact entropy model: decodes the same on every machine)" if h.version >= 2 else
                       "float entropy model: another machine may fail to decode it)"))

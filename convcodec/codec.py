@@ -9,7 +9,8 @@ have. A model with exact scales computes the coder's probabilities in
 fixed-point arithmetic (convcodec.nets.exact), so its files (container
 version 2) decode to the same symbols on every machine; a model with code
 tables codes them with its own stored tables instead of the Gaussian
-(version 3, convcodec.entropy.CodeTables).
+(version 3, convcodec.entropy.CodeTables), and with context tables adds a
+checkerboard context inside each group (version 4).
 """
 from __future__ import annotations
 
@@ -95,15 +96,18 @@ _CODE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def code_tables(net) -> list:
-    """A version-3 model's ``CodeTables`` per group (cached per model, rebuilt
+    """A version-3 or 4 model's ``CodeTables`` per group (cached per model, rebuilt
     when its tables changed); None per group for other models."""
     if file_version(net.cfg) < 3:
         return [None] * net.num_groups
     t = net.coder_table
-    key = (t._version, t.data_ptr())
+    c = getattr(net, "coder_context", None)
+    key = (t._version, t.data_ptr()) + (() if c is None else (c._version, c.data_ptr()))
     hit = _CODE_TABLES.get(net)
     if hit is None or hit[0] != key:
-        hit = (key, [entropy.CodeTables(row) for row in t.detach().cpu().double().numpy()])
+        rows = t.detach().cpu().double().numpy()
+        ctx = [None] * len(rows) if c is None else c.detach().cpu().double().numpy()
+        hit = (key, [entropy.CodeTables(r, x) for r, x in zip(rows, ctx)])
         _CODE_TABLES[net] = hit
     return hit[1]
 

@@ -4,7 +4,7 @@ All integers are little-endian. Version 2 layout (version 1 below it):
 
     offset  size  field
     0       4     magic            b"\\x89CDR" (the high bit catches 7-bit mangling)
-    4       1     version          2 or 3 (1: below)
+    4       1     version          2, 3 or 4 (1: below)
     5       1     flags            0 (reserved; a reader refuses unknown bits)
     6       1     name_len         n, 1..64
     7       n     model name       UTF-8
@@ -40,8 +40,14 @@ indices under that (group, index)'s table of probabilities, which the model
 stores with its weights (convcodec.entropy.CodeTables), instead of symbol
 by symbol under the Gaussian of the scale. The symbol CRCs are still over
 the offsets in raster order.
+Version 4 has version 3's layout; a group's chunk codes the checkerboard's
+anchors first (positions with y + x even, in every map), exactly as
+version 3 codes a group, then the other positions, each in order of its
+table id (convcodec.entropy.table_ids): its scale index, or, where that
+index has the smallest table, a context table chosen by the anchors around
+it (convcodec.entropy.context_class), also stored with the model.
 
-All three versions are read; a model writes (and reads) the version of its
+All four versions are read; a model writes (and reads) the version of its
 entropy model.
 
 Groups come in generation order, so cutting a file to its first t groups
@@ -55,8 +61,8 @@ import zlib
 from dataclasses import dataclass, field
 
 MAGIC = b"\x89CDR"
-VERSION = 2                  # written by models with exact scales (3 with code tables)
-VERSIONS = (1, 2, 3)         # read
+VERSION = 2                  # written by models with exact scales (3 with code tables, 4 with context tables)
+VERSIONS = (1, 2, 3, 4)      # read
 MAX_SIDE = 1 << 16           # largest width or height a file may declare
 MAX_PIXELS = 1 << 26         # largest width*height a file may declare (67 MP): bounds a hostile header's cost
 MAX_NAME = 64

@@ -16,7 +16,10 @@ model's weights: the shape the offsets really have (fitted on training
 photos by tools/fit_tables.py; heavier tails than the Gaussian), and the
 offsets of a group are coded in order of scale index, one fixed model per
 run of equal indices, which decodes about 3x faster than a parameterised
-Gaussian per symbol.
+Gaussian per symbol. Version 4 adds a checkerboard context (He et al. 2021)
+inside the coder: half of a group's positions (the anchors) are coded as in
+version 3, then each other position under a table chosen by what its four
+anchor neighbours hold (``context_class``), also stored with the weights.
 """
 from __future__ import annotations
 
@@ -128,11 +131,69 @@ def gaussian_tables() -> np.ndarray:
     return row
 
 
-class CodeTables:
-    """One group's 64 tables (a row of a model's ``coder_table``) as
-    constriction models, built on first use of each scale index."""
+# Version 4: the checkerboard context. A position (y, x) of a group is an
+# anchor when y + x is even. A non-anchor's class combines the sum n of |k|
+# over its four anchor neighbours in its own map (0 outside the group),
+# bucketed by CTX_EDGES (5 buckets), with the group's activity there: n
+# averaged over the group's maps, below 1/2, below 3/2, or more (3
+# buckets). Non-anchors whose scale index has the smallest table
+# (|k| <= TABLE_MIN_HALF; the first CTX_SCALES indices) are coded under the
+# table of (class, scale index); the others, and all anchors, under the
+# version-3 table of their scale. Why there: nearly all of the gain was
+# measured on those scales (session 27: 0.6-1.2% of the bits on 6 Kodak
+# images with context tables everywhere, the same with them only there), and
+# their tables are short (65 entries): 15 x 2,210 probabilities a group
+# (0.13 MB in float32), 15% of what full rows per class would take.
+CTX_EDGES = np.array([1, 2, 3, 5])
+CTX_ACTIVITY = 3
+CTX_CLASSES = (len(CTX_EDGES) + 1) * CTX_ACTIVITY
+CTX_SCALES = int(np.sum(TABLE_HALF == TABLE_MIN_HALF))
+CTX_WIDTH = 2 * TABLE_MIN_HALF + 1
+CTX_LEN = CTX_SCALES * CTX_WIDTH                  # one class's tables end to end
+assert np.all(TABLE_HALF[:CTX_SCALES] == TABLE_MIN_HALF)
 
-    def __init__(self, row: np.ndarray):
+
+def anchors(shape) -> np.ndarray:
+    """The checkerboard's anchors of a group shaped (maps, H, W), as a mask of that shape."""
+    h, w = shape[-2:]
+    yy, xx = np.ogrid[:h, :w]
+    return np.broadcast_to((yy + xx) % 2 == 0, shape)
+
+
+def context_class(k: np.ndarray) -> np.ndarray:
+    """Each position's context class (int64, shaped like ``k``: maps, H, W),
+    computed from the anchors' offsets only (so the decoder, which has
+    decoded just those, computes the same); meaningful at non-anchors."""
+    a = np.where(anchors(k.shape), np.abs(np.asarray(k, dtype=np.int64)), 0)
+    p = np.pad(a, ((0, 0), (1, 1), (1, 1)))
+    n = p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:]
+    maps = k.shape[0]
+    total = n.sum(0)                                # integers: the same on every machine
+    act = (2 * total >= maps).astype(np.int64) + (2 * total >= 3 * maps)
+    return np.searchsorted(CTX_EDGES, n, side="right") * CTX_ACTIVITY + act[None]
+
+
+def table_ids(k: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Which table codes each offset of a group (maps, H, W) in a version-4
+    file: its scale index (the version-3 table), or NUM_SCALES + class *
+    CTX_SCALES + scale index for a non-anchor at a context scale."""
+    idx = np.asarray(idx, dtype=np.int64)
+    ctx = ~anchors(idx.shape) & (idx < CTX_SCALES)
+    return np.where(ctx, NUM_SCALES + context_class(k) * CTX_SCALES + idx, idx)
+
+
+def _half(t: np.ndarray) -> np.ndarray:
+    """The support |k| <= half of table id(s) ``t``."""
+    t = np.asarray(t, dtype=np.int64)
+    return np.where(t < NUM_SCALES, TABLE_HALF[np.minimum(t, NUM_SCALES - 1)], TABLE_MIN_HALF)
+
+
+class CodeTables:
+    """One group's 64 tables (a row of a model's ``coder_table``) and, for
+    version 4, its context tables (``context``: CTX_CLASSES x CTX_LEN, a
+    row of ``coder_context``), as constriction models built on first use."""
+
+    def __init__(self, row: np.ndarray, context: np.ndarray | None = None):
         row = np.asarray(row, dtype=np.float64).ravel()
         ok = row.shape == (TABLE_LEN,) and np.all(np.isfinite(row)) and not np.any(row < 0)
         sums = np.add.reduceat(row, TABLE_START[:-1]) if ok else None
@@ -140,18 +201,35 @@ class CodeTables:
             raise ValueError(f"a row of code tables has {TABLE_LEN} finite probabilities >= 0, "
                              "no table all zero")
         self.row = row
-        self._models: dict = {}
+        self.context = None
         # -log2 of each table's normalised probabilities (floored at the
         # coder's 24-bit resolution): the encoder's estimate of the bytes.
         p = row / np.repeat(sums, 2 * TABLE_HALF + 1)
+        if context is not None:
+            c = np.asarray(context, dtype=np.float64)
+            ok = c.shape == (CTX_CLASSES, CTX_LEN) and np.all(np.isfinite(c)) and not np.any(c < 0)
+            csums = c.reshape(-1, CTX_WIDTH).sum(1) if ok else None
+            if not ok or not np.all(csums > 0):
+                raise ValueError(f"context tables are {CTX_CLASSES} x {CTX_LEN} finite probabilities >= 0, "
+                                 "no table all zero")
+            self.context = c.ravel()
+            p = np.concatenate([p, self.context / np.repeat(csums, CTX_WIDTH)])
         self._bits = -np.log2(np.maximum(p, 2.0 ** -24))
+        self._models: dict = {}
 
-    def model(self, j: int):
-        if j not in self._models:
+    def model(self, t: int):
+        """The constriction model of table id ``t`` (``table_ids``)."""
+        if t not in self._models:
             import constriction
-            self._models[j] = constriction.stream.model.Categorical(
-                self.row[TABLE_START[j]:TABLE_START[j + 1]], perfect=False)
-        return self._models[j]
+            if t < NUM_SCALES:
+                probs = self.row[TABLE_START[t]:TABLE_START[t + 1]]
+            else:
+                if self.context is None:
+                    raise ValueError("these code tables have no context tables")
+                at = (t - NUM_SCALES) * CTX_WIDTH
+                probs = self.context[at:at + CTX_WIDTH]
+            self._models[t] = constriction.stream.model.Categorical(probs, perfect=False)
+        return self._models[t]
 
     @staticmethod
     def clamp(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -161,8 +239,14 @@ class CodeTables:
 
     def bits(self, symbols: np.ndarray, idx: np.ndarray) -> float:
         """What the tables charge for these (clamped) offsets, in bits: the
-        model's own estimate of the coded size."""
-        return float(self._bits[table_positions(symbols, idx)].sum())
+        model's own estimate of the coded size. With context tables the
+        offsets are a group's, shaped (..., maps, H, W)."""
+        if self.context is None:
+            return float(self._bits[table_positions(symbols, idx)].sum())
+        shape = np.shape(idx)[-3:]
+        ks = np.asarray(symbols, dtype=np.int64).reshape((-1,) + shape)
+        js = np.asarray(idx, dtype=np.int64).reshape((-1,) + shape)
+        return float(sum(self._bits[context_positions(k, j)].sum() for k, j in zip(ks, js)))
 
 
 def table_positions(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -171,53 +255,94 @@ def table_positions(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return TABLE_START[idx] + TABLE_HALF[idx] + np.asarray(symbols, dtype=np.int64).ravel()
 
 
+def context_positions(k: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Where each (clamped) offset of a group (maps, H, W) sits in a version-4
+    group's tables: the row of 64 tables, then the context tables (flat int64)."""
+    t = table_ids(k, idx).ravel()
+    k = np.asarray(k, dtype=np.int64).ravel()
+    base = t < NUM_SCALES
+    tb = np.minimum(t, NUM_SCALES - 1)
+    return np.where(base, TABLE_START[tb] + TABLE_HALF[tb] + k,
+                    TABLE_LEN + (t - NUM_SCALES) * CTX_WIDTH + TABLE_MIN_HALF + k)
+
+
 def group_coder(version: int, tables: CodeTables | None = None):
     """What codes a group of a file of this version, encoder and decoder
     alike: the scale table of the Gaussian coder (versions 1 and 2), or the
-    group's ``CodeTables`` (version 3)."""
+    group's ``CodeTables`` (version 3; version 4: with context tables)."""
     if version >= 3:
         if tables is None:
-            raise ValueError("a version-3 file is coded with its model's tables, and this model has none")
+            raise ValueError(f"a version-{version} file is coded with its model's tables, and this model has none")
+        if (version >= 4) != (tables.context is not None):
+            raise ValueError(f"a version-{version} file is coded with"
+                             f"{'' if version >= 4 else 'out'} context tables")
         return tables
     return SCALES if version >= 2 else SCALES_V1
 
 
-def _runs(idx: np.ndarray):
-    """(order, [(scale index, count)]): the positions of a group in order of
-    scale index (stable, so C order within an index), and its runs."""
-    flat = np.asarray(idx, dtype=np.uint8).ravel()
+def _runs(t: np.ndarray):
+    """(order, [(table id, count)]): positions in order of table id (stable,
+    so C order within an id), and its runs."""
+    flat = np.asarray(t, dtype=np.int64).ravel()
     order = np.argsort(flat, kind="stable")
-    counts = np.bincount(flat, minlength=NUM_SCALES)
+    counts = np.bincount(flat)
     return order, [(j, int(c)) for j, c in enumerate(counts) if c]
 
 
-def _encode_tables(sym: np.ndarray, idx: np.ndarray, tables: CodeTables) -> bytes:
-    import constriction
-    order, runs = _runs(idx)
+def _encode_runs(enc, sym: np.ndarray, t: np.ndarray, tables: CodeTables):
+    """Offsets ``sym`` (flat) under table ids ``t``, one run per id."""
+    order, runs = _runs(t)
     s = sym[order].astype(np.int64)
-    enc = constriction.stream.queue.RangeEncoder()
     at = 0
     for j, n in runs:
-        part = s[at:at + n] + TABLE_HALF[j]
-        if part.min() < 0 or part.max() > 2 * TABLE_HALF[j]:
-            raise ValueError(f"offset outside scale {j}'s table (clamp first)")
+        half = int(_half(j))
+        part = s[at:at + n] + half
+        if part.min() < 0 or part.max() > 2 * half:
+            raise ValueError(f"offset outside table {j}'s support (clamp first)")
         enc.encode(part.astype(np.int32), tables.model(j))
         at += n
+
+
+def _decode_runs(dec, t: np.ndarray, tables: CodeTables) -> np.ndarray:
+    order, runs = _runs(t)
+    s = np.empty(order.size, dtype=np.int32)
+    at = 0
+    for j, n in runs:
+        s[at:at + n] = np.asarray(dec.decode(tables.model(j), n), dtype=np.int32) - int(_half(j))
+        at += n
+    out = np.empty_like(s)
+    out[order] = s
+    return out
+
+
+def _encode_tables(sym: np.ndarray, idx: np.ndarray, tables: CodeTables) -> bytes:
+    """Version 3: all offsets by scale index. Version 4: the anchors so,
+    then the other positions by table id (their classes read the anchors)."""
+    import constriction
+    enc = constriction.stream.queue.RangeEncoder()
+    if tables.context is None:
+        _encode_runs(enc, sym.ravel(), idx, tables)
+    else:
+        k = sym.reshape(np.shape(idx))
+        t, a = table_ids(k, idx), anchors(k.shape)
+        for part in (a, ~a):
+            _encode_runs(enc, k[part], t[part], tables)
     return enc.get_compressed().astype("<u4").tobytes()
 
 
 def _decode_tables(words: np.ndarray, idx: np.ndarray, tables: CodeTables) -> np.ndarray:
     import constriction
-    order, runs = _runs(idx)
     dec = constriction.stream.queue.RangeDecoder(words)
-    s = np.empty(order.size, dtype=np.int32)
-    at = 0
-    for j, n in runs:
-        s[at:at + n] = np.asarray(dec.decode(tables.model(j), n), dtype=np.int32) - TABLE_HALF[j]
-        at += n
-    out = np.empty_like(s)
-    out[order] = s
-    return out
+    if tables.context is None:
+        return _decode_runs(dec, idx, tables)
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.ndim != 3:
+        raise ValueError("context tables code a group shaped (maps, H, W)")
+    a = anchors(idx.shape)
+    k = np.zeros(idx.shape, dtype=np.int32)
+    k[a] = _decode_runs(dec, idx[a], tables)
+    k[~a] = _decode_runs(dec, table_ids(k, idx)[~a], tables)
+    return k
 
 
 def symbol_crc(symbols: np.ndarray) -> int:

@@ -72,7 +72,8 @@ class NumpyMatNet:
             self.last_of_scale += [False] * (k - 1) + [True]
         self.exact = ExactScales(state, self.latent, self.G, self.scale_of, self.rate_knots)
         self.version = file_version(cfg)
-        self.tables = ([CodeTables(row) for row in state["coder_table"]] if self.version >= 3
+        ctx = state["coder_context"] if self.version >= 4 else [None] * self.G
+        self.tables = ([CodeTables(row, c) for row, c in zip(state["coder_table"], ctx)] if self.version >= 3
                        else [None] * self.G)
         self._layers: dict = {}
 

@@ -69,6 +69,10 @@ class TrainConfig:
     mixed: bool = True                        # decoder sees rounded latents (straight-through), rate from noise
     compile: bool = False                     # torch.compile each block (faster after a minute of compiling)
     snapshots: bool = False                   # also keep each checkpoint's export as snapshots/min-MMM (learning curves)
+    engage: bool = False                      # groups appended by --init start engaged (MatNet.engage), not silent
+    anneal_from: int = 0                      # first group whose rate term is annealed (0: none; appended groups)
+    anneal_beta: float = 0.1                  # that rate term's weight at the start of the run
+    anneal_until: float = 0.5                 # fraction of the run by which the weight has risen to 1 (log-linear)
 
 
 def load_images(folders, seed=0) -> list[torch.Tensor]:
@@ -176,7 +180,7 @@ def distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor) -> torch.T
     return 1 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, win_size=win)
 
 
-def _init_from(init: str, model) -> str:
+def _init_from(init: str, model, engage: bool = False) -> str:
     """Start from a shipped model. A tensor of the same name and shape is
     copied whole; one of the same name whose shape differs gets the
     overlapping leading block (how matnet-vr's prior heads, which give only
@@ -228,6 +232,8 @@ def _init_from(init: str, model) -> str:
             block += mine[k][sl].numel()
     if grown:
         model.start_silent(sum(their_g))
+        if engage:
+            model.engage(sum(their_g))
     theirs_l, mine_l = getattr(src.cfg, "lambdas", None), getattr(model.cfg, "lambdas", None)
     remapped = (getattr(src.cfg, "rate_knots", 0) and getattr(model.cfg, "rate_knots", 0)
                 and tuple(theirs_l) != tuple(mine_l))
@@ -238,7 +244,8 @@ def _init_from(init: str, model) -> str:
     total = sum(v.numel() for v in mine.values())
     return (f"initialised {whole} of {total} parameters from {info['name']} ({info['sha256'][:12]}), "
             f"and {block} more as leading blocks of differently shaped tensors"
-            + (f"; {grown} new latent group(s) at the finest scale start silent" if grown else "")
+            + (f"; {grown} new latent group(s) at the finest scale start {'engaged' if engage else 'silent'}"
+               if grown else "")
             + (f"; quality remapped from lambdas {list(theirs_l)} to {list(mine_l)}" if remapped else ""))
 
 
@@ -429,7 +436,24 @@ def _per_image_distortion(tc: TrainConfig, x_hat: torch.Tensor, x: torch.Tensor)
     return torch.stack([distortion(tc, x_hat[i:i + 1], x[i:i + 1]) for i in range(x.shape[0])])
 
 
-def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: random.Random | None = None):
+def rate_weights(tc: TrainConfig, T: int, progress: float) -> list[float]:
+    """Each group's weight on its rate term: 1, except groups from
+    ``anneal_from`` on, whose weight rises log-linearly from ``anneal_beta``
+    to 1 over the first ``anneal_until`` of the run (KL annealing, Bowman et
+    al. 2016). Why: a group appended to a trained model is closed by its
+    rate term faster than the decoder learns to use it (session 26's
+    probe); a cheap rate lets decoder and posterior meet first. The weight
+    is 1 for the rest of the run, so what ships is trained on the coder's
+    real rate."""
+    if not tc.anneal_from or tc.anneal_from >= T:
+        return [1.0] * T
+    p = min(max(progress, 0.0) / tc.anneal_until, 1.0) if tc.anneal_until > 0 else 1.0
+    beta = tc.anneal_beta ** (1.0 - p)
+    return [1.0 if g < tc.anneal_from else beta for g in range(T)]
+
+
+def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: random.Random | None = None,
+            progress: float = 1.0):
     """One iteration's objective (module docstring): the rate-distortion
     costs of all T groups and of the first ``prefix``. A variable-rate model
     draws a quality u per image, uniform in [0, 1], and weighs that image
@@ -451,7 +475,9 @@ def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: ran
         bits, recon = net(x, prefixes=(prefix,), mixed=tc.mixed, quality=quality)
     pixels = x.shape[2] * x.shape[3]
     gbpp = bits.sum(1) / (b * pixels)                     # per group, mean over images
-    bpp_img, bpp_pre_img = bits.sum(0) / pixels, bits[:prefix].sum(0) / pixels
+    weights = rate_weights(tc, T, progress)
+    charged = bits if min(weights) == 1.0 else bits * torch.tensor(weights, device=bits.device)[:, None]
+    bpp_img, bpp_pre_img = charged.sum(0) / pixels, charged[:prefix].sum(0) / pixels
     x_all, x_pre = recon[T].float(), recon[prefix].float()
     d_all, d_pre = _per_image_distortion(tc, x_all, x), _per_image_distortion(tc, x_pre, x)
     per_image = bpp_img + lam * d_all + bpp_pre_img + lam_pre * d_pre
@@ -552,7 +578,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
         if main_proc:
             print(f"resumed at step {run.step}, {run.elapsed / 60:.1f} min")
     elif tc.init:
-        msg = _init_from(tc.init, model)
+        msg = _init_from(tc.init, model, tc.engage)
         ema.load_state_dict(model.state_dict())
         if main_proc:
             print(msg)
@@ -586,7 +612,7 @@ def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
             g["lr"] = lr_at(tc, run.step, run.elapsed / budget) * g.get("lr_mult", 1.0)
         x = random_batch(imgs, tc.batch, tc.crop, run.gen).to(dev, non_blocking=True)
         prefix = shared_prefix(run.gen, T, world, dev)
-        loss, terms = rd_loss(tc, net, x, prefix, T, run.gen)
+        loss, terms = rd_loss(tc, net, x, prefix, T, run.gen, run.elapsed / budget)
         losses = _gather_over_processes(terms.pop("per_image"), world, dev)
         quality = terms.pop("quality")
         kinds = guard.kinds(None if quality is None else _gather_over_processes(quality, world, dev),

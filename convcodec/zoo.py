@@ -24,7 +24,7 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
-DEFAULT_MODEL = "matnet-vr16t"
+DEFAULT_MODEL = "matnet-vr16c"
 
 
 class ModelError(Exception):
@@ -177,10 +177,10 @@ def load_arrays(name_or_path: str | None = None):
 
 def file_version(cfg) -> int:
     """The .cdr version a model writes, and the only one it reads (``cfg``:
-    its config, object or dict): 3 with code tables, 2 with exact scales
-    (the portable entropy model), else 1."""
+    its config, object or dict): 4 with context tables, 3 with code tables,
+    2 with exact scales (the portable entropy model), else 1."""
     get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, False))
-    return 3 if get("coder_tables") else 2 if get("exact_scales") else 1
+    return (4 if get("coder_context") else 3 if get("coder_tables") else 2 if get("exact_scales") else 1)
 
 
 def check_identity(header, info: dict, num_groups: int, variable_rate: bool = False, version: int | None = None):

@@ -81,6 +81,25 @@ def make_tiny_tables(path, seed=0, name="tiny-tables"):
     return str(path) + ".safetensors"
 
 
+def make_tiny_ctx(path, seed=0, name="tiny-ctx"):
+    """make_tiny_tables' networks and tables (same seed) with context tables
+    (version-4 files), random ones."""
+    net, _ = zoo.load_model(make_tiny_tables(str(path) + "-tables", seed=seed))
+    m = MatNet(MatNetConfig.from_dict({**TINY_VR.to_dict(), "coder_tables": True, "coder_context": True}))
+    missing, _ = m.load_state_dict(net.state_dict(), strict=False)
+    assert missing == ["coder_context"]
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        m.coder_context.mul_(torch.rand(m.coder_context.shape, generator=g) + 0.5)
+    zoo.save_model(m, path, {"name": name})
+    return str(path) + ".safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_ctx(tmp_path_factory):
+    return make_tiny_ctx(tmp_path_factory.mktemp("ctx") / "tiny-ctx")
+
+
 @pytest.fixture(scope="session")
 def tiny_tables(tmp_path_factory):
     return make_tiny_tables(tmp_path_factory.mktemp("tables") / "tiny-tables")

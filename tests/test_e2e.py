@@ -184,13 +184,13 @@ def _decode_everywhere(tmp_path, files, model_args):
     return differ
 
 
-@pytest.mark.parametrize("kind", ["tiny_vr", "tiny_tables"])      # versions 2 and 3
-def test_portable_files_decode_on_simulated_machines(tmp_path, request, kind):
+@pytest.mark.parametrize("kind,version", [("tiny_vr", 2), ("tiny_tables", 3), ("tiny_ctx", 4)])
+def test_portable_files_decode_on_simulated_machines(tmp_path, request, kind, version):
     model = request.getfixturevalue(kind)
     images = [smooth_image(40, 56, seed=s) for s in range(2)]
     files = _portable_files(tmp_path, model, images, 70)
     code, text, _ = cli("info", files[0])
-    assert code == 0 and f"version {3 if kind == 'tiny_tables' else 2}" in text.decode()
+    assert code == 0 and f"version {version}" in text.decode()
     assert _decode_everywhere(tmp_path, files, ["--model", model]) == 0
 
 

@@ -103,3 +103,57 @@ def test_code_tables_refuse_a_malformed_row():
     for row in (np.ones(entropy.TABLE_LEN - 1), np.full(entropy.TABLE_LEN, np.nan), -np.ones(entropy.TABLE_LEN), empty):
         with pytest.raises(ValueError):
             entropy.CodeTables(row)
+
+
+def _ctx_tables(rng):
+    """A row of code tables and context tables, random positive weights."""
+    ctx = rng.random((entropy.CTX_CLASSES, entropy.CTX_LEN)).astype(np.float32) + 1e-3
+    return entropy.CodeTables(rng.random(entropy.TABLE_LEN).astype(np.float32) + 1e-3, ctx)
+
+
+def test_context_classes_read_only_the_anchors():
+    """A non-anchor's class comes from its four anchor neighbours in its
+    map and their activity over the group; changing any non-anchor leaves
+    every class as it was (the decoder knows only the anchors when it
+    computes them); borders count as zeros."""
+    k = np.zeros((2, 4, 5), np.int32)
+    k[0, 0, 1] = 3                 # (0, 1): y + x odd, a non-anchor: ignored
+    np.testing.assert_array_equal(entropy.context_class(k), entropy.context_class(np.zeros_like(k)))
+    k[0, 1, 1] = 2                 # an anchor; its neighbours (0,1), (2,1), (1,0), (1,2) see n = 2
+    k[1, 1, 1] = -6
+    c = entropy.context_class(k)
+    # map 0: n = 2 -> bucket 2; the activity there: (2 + 6) / 2 maps = 4 >= 3/2 -> 2
+    assert c[0, 0, 1] == 2 * entropy.CTX_ACTIVITY + 2 and c[0, 2, 1] == c[0, 1, 0] == c[0, 1, 2] == c[0, 0, 1]
+    assert c[1, 0, 1] == 4 * entropy.CTX_ACTIVITY + 2           # n = 6 >= 5: the last bucket
+    assert c[0, 3, 4] == 0                                      # nothing around it
+    assert entropy.CTX_CLASSES == int(c.max()) + 1 == (len(entropy.CTX_EDGES) + 1) * entropy.CTX_ACTIVITY
+
+
+def test_context_tables_round_trip_and_cost_what_they_say(rng):
+    """Version 4: any offsets within the supports, any scale indices, come
+    back in raster order, and the bytes are near the tables' own estimate;
+    a change to a context table changes the bytes (they are used), while
+    at large scales only the version-3 tables are used."""
+    tables = _ctx_tables(rng)
+    idx = rng.integers(0, entropy.NUM_SCALES, size=(6, 13, 17)).astype(np.uint8)
+    half = entropy.TABLE_HALF[idx]
+    sym = np.clip(np.rint(rng.normal(0, entropy.SCALES[idx])), -half, half).astype(np.int32)
+    data = entropy.encode(sym, idx, tables)
+    np.testing.assert_array_equal(entropy.decode(data, idx, tables), sym)
+    assert 8 * len(data) == pytest.approx(tables.bits(sym, idx), rel=0.02, abs=64)
+    assert tables.bits(sym[None], idx[None]) == tables.bits(sym, idx)        # a batch of one
+    other = entropy.CodeTables(tables.row, tables.context.reshape(entropy.CTX_CLASSES, -1)[::-1])
+    assert entropy.encode(sym, idx, other) != data
+    plain = entropy.CodeTables(tables.row)
+    only_large = np.where(idx < entropy.CTX_SCALES, entropy.CTX_SCALES, idx).astype(np.uint8)
+    assert tables.bits(sym, only_large) == plain.bits(sym, only_large)
+    np.testing.assert_array_equal(entropy.decode(entropy.encode(sym, only_large, tables), only_large, tables), sym)
+
+
+def test_group_coder_matches_tables_to_the_version(rng):
+    with pytest.raises(ValueError, match="with context tables"):
+        entropy.group_coder(4, _tables(rng))
+    with pytest.raises(ValueError, match="without context tables"):
+        entropy.group_coder(3, _ctx_tables(rng))
+    with pytest.raises(ValueError):
+        entropy.CodeTables(np.ones(entropy.TABLE_LEN), np.ones((entropy.CTX_CLASSES, entropy.CTX_LEN - 1)))

@@ -47,23 +47,27 @@ def test_default_model_codes_a_photo_crop(crop):
 
 
 def test_default_tables_code_its_networks_pictures_in_fewer_bytes():
-    """matnet-vr16t is matnet-vr16's networks with fitted code tables: the
-    same offsets and pictures (version 3 against 2), fewer bytes (on a
-    256x384 crop: about 1%, where a small crop's few hundred bytes would be
-    within the coder's word padding)."""
+    """matnet-vr16c is matnet-vr16's networks with fitted code tables and
+    context tables: the same offsets and pictures as matnet-vr16 (version
+    2) and matnet-vr16t (the same networks with code tables only, version
+    3), in fewer bytes than either (on a 256x384 crop: about 1% each, where
+    a small crop's few hundred bytes would be within the coder's word
+    padding)."""
     from convcodec.image import load_image
     if not os.path.exists(KODAK):
         pytest.skip("Kodak is not beside the checkout")
     rgb = load_image(KODAK)[:256, :384]
     net, info = zoo.load_model()
-    assert codec.file_version(net.cfg) == 3 and info["card"]["code_tables"]["offsets_counted"] > 0
+    assert codec.file_version(net.cfg) == 4 and info["card"]["code_tables"]["context_offsets_counted"] > 0
     src = info["card"]["code_tables"]["source"].split()[0]
     for q in (20, 80):
-        v3, pic3 = codec.encode(rgb, quality=q, reconstruct=True)
+        v4, pic4 = codec.encode(rgb, quality=q, reconstruct=True)
+        v3, pic3 = codec.encode(rgb, model="matnet-vr16t", quality=q, reconstruct=True)
         v2, pic2 = codec.encode(rgb, model=src, quality=q, reconstruct=True)
-        assert (v3.cdr.header.version, v2.cdr.header.version) == (3, 2)
-        assert v3.cdr.symbol_crcs == v2.cdr.symbol_crcs and np.array_equal(pic3, pic2)
-        assert len(v3.data) < len(v2.data)
+        assert (v4.cdr.header.version, v3.cdr.header.version, v2.cdr.header.version) == (4, 3, 2)
+        assert v4.cdr.symbol_crcs == v3.cdr.symbol_crcs == v2.cdr.symbol_crcs
+        assert np.array_equal(pic4, pic3) and np.array_equal(pic4, pic2)
+        assert len(v4.data) < len(v3.data) < len(v2.data)
 
 
 def test_legacy_models_only_decode(crop):

@@ -288,6 +288,65 @@ def test_init_appends_silent_groups_at_the_finest_scale(tmp_path):
         _init_from(src_path, MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "groups": [1, 3, 2]})))
 
 
+def test_init_can_append_groups_engaged(tmp_path):
+    """--engage: the appended group starts switched on (random TD update and
+    posterior head at 0.3x the last old group's spread, scale 1.5 bins), so
+    it stores nonzero symbols and changes the picture from step 0, while the
+    old groups still store the source's symbols."""
+    from convcodec.nets.matnet import MatNet
+    from convcodec.train import _init_from
+    from .conftest import TINY_VR, make_tiny_vr
+    src_path = make_tiny_vr(tmp_path / "src")
+    grown = MatNet(type(TINY_VR).from_dict({**TINY_VR.to_dict(), "groups": [1, 2, 3]}))
+    torch.manual_seed(0)
+    assert "1 new latent group(s) at the finest scale start engaged" in _init_from(src_path, grown, engage=True)
+    for mine, old in ((grown.td[5].c2, grown.td[4].c2), (grown.q_heads[5], grown.q_heads[4])):
+        spread = float(old.weight.detach().std())
+        assert spread > 0 and float(mine.weight.detach().std()) == pytest.approx(0.3 * spread, rel=0.25)
+    zoo.save_model(grown.eval(), tmp_path / "grown", {"name": "tiny-vr"})
+    x = (np.random.default_rng(2).random((40, 72, 3)) * 255).astype(np.uint8)
+    old = _chunks(src_path, x, 100)
+    enc = codec.encode(x, model=str(tmp_path / "grown.safetensors"), quality=100)
+    assert enc.cdr.chunks[:5] == old
+    assert enc.cdr.symbol_crcs[5] != symbol_crc(np.zeros(4 * 8 * 12, dtype=np.int32))
+    with pytest.raises(ValueError, match="no appended groups"):
+        MatNet(TINY_VR).engage(0)
+
+
+def test_annealed_rate_weights_rise_to_one():
+    """Groups from anneal_from on pay anneal_beta of their rate at the start,
+    rising log-linearly to the full rate by anneal_until, and the full rate
+    after; the other groups (and runs without annealing) always pay it."""
+    from convcodec.train import rate_weights
+    tc = TrainConfig(anneal_from=4, anneal_beta=0.1, anneal_until=0.5)
+    assert rate_weights(tc, 5, 0.0) == [1.0, 1.0, 1.0, 1.0, pytest.approx(0.1)]
+    assert rate_weights(tc, 5, 0.25)[4] == pytest.approx(0.1 ** 0.5)
+    assert rate_weights(tc, 5, 0.5) == [1.0] * 5 == rate_weights(tc, 5, 0.9)
+    assert rate_weights(TrainConfig(), 5, 0.0) == [1.0] * 5
+
+
+def test_annealed_rate_is_charged_in_the_loss_but_logged_in_full():
+    """rd_loss charges the annealed group beta times its bits, and logs (and
+    the spike guard sees) its real rate."""
+    import random
+    from convcodec.train import rd_loss
+    from .conftest import TINY_VR
+    from convcodec.nets.matnet import MatNet
+    torch.manual_seed(0)
+    net = MatNet(TINY_VR)
+    x = torch.rand(2, 3, 32, 32)
+    T = net.num_groups
+    out = []
+    for tc in (TrainConfig(bf16=False), TrainConfig(bf16=False, anneal_from=T - 1, anneal_beta=0.25)):
+        torch.manual_seed(1)
+        loss, terms = rd_loss(tc, net, x, 1, T, random.Random(3), 0.0)
+        out.append((loss.item(), terms["gbpp"].tolist()))
+    (full, g_full), (annealed, g_ann) = out
+    assert g_full == g_ann and g_full[-1] > 0
+    # the last group is charged in the all-groups term only (the prefix is 1)
+    assert full - annealed == pytest.approx(0.75 * g_full[-1], rel=1e-4)
+
+
 def test_init_to_a_wider_lambda_range_keeps_the_models_function(tmp_path):
     """--init into another lambda range: the source's u is affine in ours
     (u_src = a u + b), and every layer that reads the quality, and the gain

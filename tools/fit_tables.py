@@ -11,7 +11,15 @@ source's, unchanged, so the new model stores the same offsets (except the
 rare one beyond its table's support, which is clamped) and draws the same
 pictures; only the bytes change.
 
+With ``--context`` the new model writes version-4 files: the same tables,
+plus context tables for the checkerboard's non-anchors at small scales
+(convcodec.entropy.context_class), counted in the same pass per (group,
+class, scale index), symmetrised, with ``--prior-weight`` pseudo-counts of
+the group's fitted table of that scale (where a class saw few offsets it
+codes as version 3 would), normalised.
+
     python tools/fit_tables.py --model matnet-vr16 --name matnet-vr16t --every 6 --threads 1
+    python tools/fit_tables.py --model matnet-vr16 --name matnet-vr16c --every 6 --context
     python tools/evaluate.py --model matnet-vr16t --update-card     # then its Kodak numbers
 """
 from __future__ import annotations
@@ -25,7 +33,8 @@ import numpy as np
 import torch
 
 from convcodec import codec, entropy
-from convcodec.entropy import NUM_SCALES, TABLE_LEN, TABLE_START, CodeTables, table_positions
+from convcodec.entropy import (CTX_CLASSES, CTX_LEN, CTX_SCALES, CTX_WIDTH, NUM_SCALES, TABLE_LEN, TABLE_MIN_HALF,
+                               TABLE_START, CodeTables, table_ids, table_positions)
 from convcodec.zoo import MODELS_DIR, build_model, config_from_dict, load_model, save_model
 
 QUALITIES = (1, 15, 30, 45, 60, 75, 90, 100)
@@ -33,12 +42,13 @@ QUALITIES = (1, 15, 30, 45, 60, 75, 90, 100)
 
 @contextlib.contextmanager
 def recording():
-    """Every (offsets, scale indices) the codec range-codes, in group order."""
+    """Every (offsets, scale indices) the codec range-codes, in group order,
+    each shaped (maps, H, W)."""
     seen: list = []
     orig = entropy.encode
 
     def spy(symbols, idx, table=entropy.SCALES):
-        seen.append((np.array(symbols, dtype=np.int64).ravel(), np.array(idx, dtype=np.int64).ravel()))
+        seen.append((np.array(symbols, dtype=np.int64), np.array(idx, dtype=np.int64)))
         return orig(symbols, idx, table)
 
     entropy.encode = spy
@@ -52,6 +62,16 @@ def count(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
     """Add one group's offsets to its row of counts (TABLE_LEN), each offset
     clamped to its table's support, as the encoder of the new model would."""
     counts += np.bincount(table_positions(CodeTables.clamp(sym, idx), idx), minlength=TABLE_LEN)
+
+
+def count_context(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
+    """Add one group's non-anchors at context scales to its context counts
+    (CTX_CLASSES x CTX_LEN), by the table id a version-4 encoder gives them."""
+    k = CodeTables.clamp(sym, idx)
+    t = table_ids(k, idx).ravel()
+    on = t >= NUM_SCALES
+    at = (t[on] - NUM_SCALES) * CTX_WIDTH + TABLE_MIN_HALF + k.ravel()[on]
+    counts += np.bincount(at, minlength=CTX_CLASSES * CTX_LEN).reshape(CTX_CLASSES, CTX_LEN)
 
 
 def tables_from(counts: np.ndarray, prior_weight: float) -> np.ndarray:
@@ -68,6 +88,16 @@ def tables_from(counts: np.ndarray, prior_weight: float) -> np.ndarray:
     return out
 
 
+def context_tables_from(counts: np.ndarray, tables: np.ndarray, prior_weight: float) -> np.ndarray:
+    """Context tables (groups x CTX_CLASSES x CTX_LEN) from their counts:
+    symmetrised, with pseudo-counts of the group's fitted tables (``tables``,
+    from ``tables_from``) of the same scale, normalised per table."""
+    c = counts.astype(np.float64).reshape(counts.shape[0], CTX_CLASSES, CTX_SCALES, CTX_WIDTH)
+    prior = tables[:, :CTX_LEN].reshape(tables.shape[0], 1, CTX_SCALES, CTX_WIDTH)
+    c = 0.5 * (c + c[..., ::-1]) + prior_weight * prior
+    return (c / c.sum(-1, keepdims=True)).reshape(counts.shape)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the source model (name or .safetensors)")
@@ -77,6 +107,7 @@ def main():
     ap.add_argument("--qualities", default=",".join(map(str, QUALITIES)))
     ap.add_argument("--prior-weight", type=float, default=20.0,
                     help="pseudo-counts of the Gaussian in each (group, scale) table")
+    ap.add_argument("--context", action="store_true", help="also fit context tables (version-4 files)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--notes", default="")
     a = ap.parse_args()
@@ -89,6 +120,7 @@ def main():
     qualities = [int(q) for q in a.qualities.split(",")]
     G = src.num_groups
     counts = np.zeros((G, TABLE_LEN), dtype=np.int64)
+    ctx_counts = np.zeros((G, CTX_CLASSES, CTX_LEN), dtype=np.int64)
     t0 = time.perf_counter()
     for i, im in enumerate(photos):
         rgb = np.ascontiguousarray(im.permute(1, 2, 0).numpy())
@@ -97,22 +129,31 @@ def main():
                 codec.encode(rgb, model=a.model, quality=q, device="cpu")
             for g, (sym, idx) in enumerate(seen):
                 count(counts[g], sym, idx)
+                if a.context:
+                    count_context(ctx_counts[g], sym, idx)
         print(f"[{i + 1}/{len(photos)}] {rgb.shape[1]}x{rgb.shape[0]}, {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
-    cfg = config_from_dict({**src.cfg.to_dict(), "coder_tables": True})
+    cfg = config_from_dict({**src.cfg.to_dict(), "coder_tables": True, "coder_context": a.context})
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-    assert missing == ["coder_table"] and not unexpected, (missing, unexpected)
+    theirs = {k: v for k, v in src.state_dict().items() if k not in ("coder_table", "coder_context")}
+    missing, unexpected = model.load_state_dict(theirs, strict=False)
+    assert set(missing) == {"coder_table"} | ({"coder_context"} if a.context else set()) and not unexpected, \
+        (missing, unexpected)
+    tables = tables_from(counts, a.prior_weight)
     with torch.no_grad():
-        model.coder_table.copy_(torch.from_numpy(tables_from(counts, a.prior_weight)))
-    card = {k: v for k, v in info["card"].items() if k not in ("kodak", "kodak_anchors", "config", "sha256", "parameters")}
+        model.coder_table.copy_(torch.from_numpy(tables))
+        if a.context:
+            model.coder_context.copy_(torch.from_numpy(context_tables_from(ctx_counts, tables, a.prior_weight)))
+    card = {k: v for k, v in info["card"].items()
+            if k not in ("kodak", "kodak_anchors", "config", "sha256", "parameters", "superseded_by")}
     card.update(name=a.name, description=a.notes or card.get("description", ""))
     card["code_tables"] = {
         "source": f"{info['name']} (sha256 {info['sha256'][:12]})",
         "photos": f"every {a.every}th of {a.data} ({len(photos)} photos, large ones downscaled as in training)",
         "qualities": qualities, "prior_weight": a.prior_weight,
         "offsets_counted": int(counts.sum()), "offsets_per_group": counts.sum(1).tolist(),
-        "minutes": round((time.perf_counter() - t0) / 60, 1),
+        **({"context_offsets_counted": int(ctx_counts.sum())} if a.context else {}),
+        "minutes": round((time.perf_counter() - t0) / 60, 1), "threads": a.threads,
     }
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors ({int(counts.sum())} offsets counted)")
