@@ -307,7 +307,7 @@ def decompress(inputs, output, fmt, steps, temperature, seed, model, device, eng
         from .image import save_image
         if engine == "numpy" or (engine == "auto" and npdecode.can_decode(cdr, model, temperature, device)):
             if not npdecode.can_decode(cdr, model, temperature, "cpu"):
-                raise Failure("--engine numpy decodes only portable (version 2 or 3) files of MatNet models "
+                raise Failure("--engine numpy decodes only portable (version 2 and later) files of MatNet models "
                               f"at temperature 0, up to {npdecode.MAX_PIXELS // 1_000_000} MP")
             rgb = npdecode.decode(cdr, model=model, steps=steps)
         else:

@@ -78,7 +78,7 @@ def _pad(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 def is_portable(net) -> bool:
     """Whether the model's coder scales come from exact arithmetic (files of
-    version 2 or 3, the same symbols on every machine)."""
+    version 2 and later, the same symbols on every machine)."""
     return file_version(net.cfg) >= 2
 
 

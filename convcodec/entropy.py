@@ -260,9 +260,7 @@ def context_positions(k: np.ndarray, idx: np.ndarray) -> np.ndarray:
     group's tables: the row of 64 tables, then the context tables (flat int64)."""
     t = table_ids(k, idx).ravel()
     k = np.asarray(k, dtype=np.int64).ravel()
-    base = t < NUM_SCALES
-    tb = np.minimum(t, NUM_SCALES - 1)
-    return np.where(base, TABLE_START[tb] + TABLE_HALF[tb] + k,
+    return np.where(t < NUM_SCALES, table_positions(k, np.minimum(t, NUM_SCALES - 1)),
                     TABLE_LEN + (t - NUM_SCALES) * CTX_WIDTH + TABLE_MIN_HALF + k)
 
 

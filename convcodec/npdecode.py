@@ -2,7 +2,7 @@
 
 Importing torch takes 1.7 s on our 2-core machine, more than decoding a
 Kodak file does; a command-line decode that needs no torch starts at once.
-This module decodes portable files (versions 2 and 3) of MatNet models (exact scales) with
+This module decodes portable files (versions 2 to 4) of MatNet models (exact scales) with
 numpy alone: the very group loop of the torch decoder (``nets.walk.walk``,
 at temperature 0, over this module's numpy twin of the model's group
 interface), the same exact entropy model (``nets.exact.ExactScales``, one implementation
@@ -173,7 +173,7 @@ def can_decode(cdr: CdrFile, model: str | None = None, temperature: float = 0.0,
 
 
 def decode(cdr: CdrFile, model: str | None = None, steps: int | None = None) -> np.ndarray:
-    """A portable .cdr file (version 2 or 3) -> HxWx3 uint8, without torch (see can_decode)."""
+    """A portable .cdr file (version 2, 3 or 4) -> HxWx3 uint8, without torch (see can_decode)."""
     net, _, info = _net(model or cdr.header.model_name)
     check_identity(cdr.header, info, net.G, bool(net.rate_knots), net.version)
     stored = len(cdr.chunks) if steps is None else max(0, min(int(steps), len(cdr.chunks)))

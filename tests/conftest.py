@@ -68,31 +68,33 @@ def make_tiny_vr(path, seed=0, name="tiny-vr"):
     return str(path) + ".safetensors"
 
 
-def make_tiny_tables(path, seed=0, name="tiny-tables"):
-    """make_tiny_vr's networks (same seed: the same weights) with code tables
-    (version-3 files), random ones: nothing like the Gaussian's."""
-    net, _ = zoo.load_model(make_tiny_vr(str(path) + "-networks", seed=seed))
-    m = MatNet(MatNetConfig.from_dict({**TINY_VR.to_dict(), "coder_tables": True}))
-    m.load_state_dict(net.state_dict(), strict=False)
+def _with_random_tables(src, path, name, buffer, seed, **cfg):
+    """The model at ``src`` with config options ``cfg`` added, whose new
+    ``buffer`` of tables (left at its Gaussian start) is scaled by random
+    factors in [0.5, 1.5): tables nothing like the Gaussian's."""
+    net, _ = zoo.load_model(src)
+    m = MatNet(MatNetConfig.from_dict({**net.cfg.to_dict(), **cfg}))
+    missing, _ = m.load_state_dict(net.state_dict(), strict=False)
+    assert missing == [buffer]
     with torch.no_grad():
-        g = torch.Generator().manual_seed(seed)
-        m.coder_table.mul_(torch.rand(m.coder_table.shape, generator=g) + 0.5)
+        t = getattr(m, buffer)
+        t.mul_(torch.rand(t.shape, generator=torch.Generator().manual_seed(seed)) + 0.5)
     zoo.save_model(m, path, {"name": name})
     return str(path) + ".safetensors"
+
+
+def make_tiny_tables(path, seed=0, name="tiny-tables"):
+    """make_tiny_vr's networks (same seed: the same weights) with random code
+    tables (version-3 files)."""
+    return _with_random_tables(make_tiny_vr(str(path) + "-networks", seed=seed), path, name,
+                               "coder_table", seed, coder_tables=True)
 
 
 def make_tiny_ctx(path, seed=0, name="tiny-ctx"):
-    """make_tiny_tables' networks and tables (same seed) with context tables
-    (version-4 files), random ones."""
-    net, _ = zoo.load_model(make_tiny_tables(str(path) + "-tables", seed=seed))
-    m = MatNet(MatNetConfig.from_dict({**TINY_VR.to_dict(), "coder_tables": True, "coder_context": True}))
-    missing, _ = m.load_state_dict(net.state_dict(), strict=False)
-    assert missing == ["coder_context"]
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        m.coder_context.mul_(torch.rand(m.coder_context.shape, generator=g) + 0.5)
-    zoo.save_model(m, path, {"name": name})
-    return str(path) + ".safetensors"
+    """make_tiny_tables' networks and tables (same seed) with random context
+    tables (version-4 files)."""
+    return _with_random_tables(make_tiny_tables(str(path) + "-tables", seed=seed), path, name,
+                               "coder_context", seed + 1, coder_context=True)
 
 
 @pytest.fixture(scope="session")

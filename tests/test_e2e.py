@@ -142,7 +142,7 @@ def test_shipped_default_model_round_trip(tmp_path):
 
 
 # Other machines, simulated: oneDNN limited to AVX2 (most laptops), no vector
-# kernels at all, one thread. Portable (version 2 or 3) files must decode to the
+# kernels at all, one thread. Portable (version 2 to 4) files must decode to the
 # same symbols (the per-group symbol CRCs check every one) and, through the
 # fixed-point reconstruction (convcodec.nets.fixed), to the same pixels.
 MACHINES = {

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from convcodec import codec, entropy
-from convcodec.entropy import (CTX_CLASSES, CTX_LEN, CTX_SCALES, CTX_WIDTH, NUM_SCALES, TABLE_LEN, TABLE_MIN_HALF,
-                               TABLE_START, CodeTables, table_ids, table_positions)
+from convcodec.entropy import (CTX_CLASSES, CTX_LEN, CTX_SCALES, CTX_WIDTH, NUM_SCALES, TABLE_LEN, TABLE_START,
+                               CodeTables, context_positions, table_positions)
 from convcodec.zoo import MODELS_DIR, build_model, config_from_dict, load_model, save_model
 
 QUALITIES = (1, 15, 30, 45, 60, 75, 90, 100)
@@ -67,10 +67,8 @@ def count(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
 def count_context(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
     """Add one group's non-anchors at context scales to its context counts
     (CTX_CLASSES x CTX_LEN), by the table id a version-4 encoder gives them."""
-    k = CodeTables.clamp(sym, idx)
-    t = table_ids(k, idx).ravel()
-    on = t >= NUM_SCALES
-    at = (t[on] - NUM_SCALES) * CTX_WIDTH + TABLE_MIN_HALF + k.ravel()[on]
+    at = context_positions(CodeTables.clamp(sym, idx), idx)
+    at = at[at >= TABLE_LEN] - TABLE_LEN                   # past the row of 64 tables: the context tables
     counts += np.bincount(at, minlength=CTX_CLASSES * CTX_LEN).reshape(CTX_CLASSES, CTX_LEN)
 
 

@@ -313,10 +313,9 @@ class MatNet(LatentGroups):
                 if self.cfg.rate_knots:
                     self.log_gain[:, g] = self.log_gain[:, first - 1]
                 if self.cfg.exact_scales:
-                    top = self.log_width + self.log_gain[-1, g] if self.cfg.rate_knots else self.log_width
                     c3 = self.scale_nets[g - 1].c3
                     c3.weight.zero_()
-                    c3.bias.copy_(top + math.log(0.3))
+                    c3.bias.copy_(self._top_log_width(g) + math.log(0.3))
 
     def engage(self, first: int, gain: float = 0.3, scale_bins: float = 1.5, gen: torch.Generator | None = None):
         """Groups ``first``.. (appended, after ``start_silent``) switched on:
@@ -337,8 +336,12 @@ class MatNet(LatentGroups):
                     mine.weight.copy_(torch.randn(mine.weight.shape, generator=gen) * std)
                     mine.bias.zero_()
                 if self.cfg.exact_scales:
-                    top = self.log_width + self.log_gain[-1, g] if self.cfg.rate_knots else self.log_width
-                    self.scale_nets[g - 1].c3.bias.copy_(top + math.log(scale_bins))
+                    self.scale_nets[g - 1].c3.bias.copy_(self._top_log_width(g) + math.log(scale_bins))
+
+    def _top_log_width(self, g: int) -> torch.Tensor:
+        """log of group g's bin widths at the top quality (per latent map): where
+        an appended group's scale is set relative to, in bins."""
+        return self.log_width + self.log_gain[-1, g] if self.cfg.rate_knots else self.log_width
 
     def remap_quality(self, src_lambdas):
         """Weights copied from a variable-rate model whose lambda range was
