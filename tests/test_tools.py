@@ -409,3 +409,68 @@ def test_spike_guard_tool_runs_both_rules_on_the_same_batches(tmp_path, tiny_vr)
     # a single-rate model has nothing to compare
     with pytest.raises(SystemExit, match="single-rate"):
         guard.main(["--model", "matnet-low", "--data", str(data), "--crop", "32", "--batches", "1"])
+
+
+def test_coder_headroom_causal_context_finds_planted_smoothness():
+    """tools/coder_headroom.py: on first-group offsets that follow their west
+    and north neighbours, the raster-order predictor fits those weights and
+    codes new offsets in far fewer bits than without a prediction."""
+    hr = _tool("coder_headroom")
+    rng = np.random.default_rng(0)
+
+    def planted():
+        k = np.zeros((2, 12, 16))
+        for y in range(12):
+            for x in range(16):
+                w = k[:, y, x - 1] if x else 0.0
+                n = k[:, y - 1, x] if y else 0.0
+                k[:, y, x] = np.round(0.6 * w + 0.35 * n + rng.normal(0, 1.5, 2))
+        return k.astype(np.int64)
+    fits = hr.fit_causal([planted() for _ in range(6)])
+    np.testing.assert_allclose(fits[0][0][:2], [0.6, 0.35], atol=0.08)     # W, N
+    test = planted()
+    blind = [(np.zeros(6), np.array([0.0, np.abs(test[m]).mean()])) for m in range(2)]   # Laplace at 0, its own spread
+    assert hr.causal_bits(fits, test) < 0.85 * hr.causal_bits(blind, test)
+
+
+def test_coder_headroom_shift_and_quality_tables():
+    """The per-group shift never costs more than its own 4 bits and finds
+    offsets labelled four scale indices too low; quality tables interpolate
+    between the fitted qualities and keep the ends beyond them; smoothing
+    with no counts returns the prior."""
+    from convcodec import entropy
+    hr = _tool("coder_headroom")
+    tables = entropy.CodeTables(entropy.gaussian_tables())
+    rng = np.random.default_rng(1)
+    idx = np.full((4, 16, 16), 30)
+    k = np.round(rng.normal(0, entropy.SCALES[34], idx.shape)).astype(np.int64)
+    own = tables.bits(k, idx)
+    assert hr.shift_bits(tables, k, idx) < own - 2 * hr.SHIFT_BITS
+    k0 = np.round(rng.normal(0, entropy.SCALES[30], idx.shape)).astype(np.int64)
+    assert hr.shift_bits(tables, k0, idx) <= tables.bits(k0, idx) + hr.SHIFT_BITS
+
+    fitted = {10: (np.zeros(3), np.zeros(2)), 30: (np.ones(3), np.full(2, 2.0))}
+    assert np.array_equal(hr.quality_tables(fitted, 20)[0], np.full(3, 0.5))
+    assert np.array_equal(hr.quality_tables(fitted, 20)[1], np.ones(2))
+    assert hr.quality_tables(fitted, 5) is fitted[10] and hr.quality_tables(fitted, 90) is fitted[30]
+    prior = entropy.gaussian_tables()[None]
+    np.testing.assert_allclose(hr.smoothed(np.zeros_like(prior, dtype=np.int64), prior, 10.0), prior, rtol=1e-9)
+
+
+def test_coder_headroom_runs_on_a_version_4_model(tmp_path, tiny_ctx, monkeypatch, capsys):
+    hr = _tool("coder_headroom")
+    photos = photo_folder(tmp_path / "train", 2, 64, 64)
+    kodak = photo_folder(tmp_path / "kodak", 1, 64, 64, name="kodim0{n}.png")
+    out = tmp_path / "h.json"
+    monkeypatch.setattr(hr, "QUALITIES", (20, 80))
+    monkeypatch.setattr(sys, "argv", ["coder_headroom.py", "--model", tiny_ctx, "--data", str(photos), "--every", "1",
+                                      "--kodak", str(kodak), "--kodak-every", "1", "--qualities", "20,50",
+                                      "--json", str(out)])
+    hr.main()
+    res = json.loads(out.read_text())
+    assert [r["quality"] for r in res["rows"]] == [20, 50] and res["fitted_qualities"] == [20, 80]
+    for r in res["rows"]:
+        assert r["model_bytes_per_image"] > 0 and 0 < r["first_group_share"] < 100
+        # a shift of 0 is always allowed: at most 4 bits a group more
+        assert r["shift"] <= 100 * hr.SHIFT_BITS * res["groups"] / (8 * r["model_bytes_per_image"])
+    assert "causal/first" in capsys.readouterr().out
