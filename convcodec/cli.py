@@ -342,6 +342,15 @@ def truncate(input, output, steps, max_bytes, quiet):
         click.echo(f"{input} -> {output}: {h.groups_stored}/{h.groups_total} groups, {len(data)} bytes", err=True)
 
 
+# What `convcodec info` says of each .cdr version (container.VERSIONS).
+FORMATS = {
+    1: "float entropy model: another machine may fail to decode it",
+    2: "exact entropy model: decodes the same on every machine",
+    3: "exact entropy model, the model's code tables: decodes the same on every machine",
+    4: "exact entropy model, the model's code and context tables: decodes the same on every machine",
+}
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @_errors
@@ -356,13 +365,7 @@ def info(files):
         over = overhead_bytes(h.model_name, h.groups_stored, h.version)
         click.echo(f"{path}:")
         click.echo(f"  model           {h.model_name} (weights {h.model_digest.hex()})")
-        click.echo(f"  format          .cdr version {h.version} ("
-                   + ("exact entropy model, the model's code and context tables: decodes the same on every machine)"
-                      if h.version >= 4 else
-                      "exact entropy model, the model's code tables: decodes the same on every machine)"
-                      if h.version >= 3 else
-                      "exact entropy model: decodes the same on every machine)" if h.version >= 2 else
-                      "float entropy model: another machine may fail to decode it)"))
+        click.echo(f"  format          .cdr version {h.version} ({FORMATS[h.version]})")
         if h.quality:
             click.echo(f"  quality         {h.quality}")
         click.echo(f"  image           {h.width}x{h.height}")

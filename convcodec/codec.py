@@ -105,9 +105,8 @@ def code_tables(net) -> list:
     key = (t._version, t.data_ptr()) + (() if c is None else (c._version, c.data_ptr()))
     hit = _CODE_TABLES.get(net)
     if hit is None or hit[0] != key:
-        rows = t.detach().cpu().double().numpy()
-        ctx = [None] * len(rows) if c is None else c.detach().cpu().double().numpy()
-        hit = (key, [entropy.CodeTables(r, x) for r, x in zip(rows, ctx)])
+        rows, ctx = (None if b is None else b.detach().cpu().double().numpy() for b in (t, c))
+        hit = (key, entropy.group_tables(rows, ctx))
         _CODE_TABLES[net] = hit
     return hit[1]
 

@@ -249,6 +249,12 @@ class CodeTables:
         return float(sum(self._bits[context_positions(k, j)].sum() for k, j in zip(ks, js)))
 
 
+def group_tables(rows, contexts=None) -> list[CodeTables]:
+    """A model's ``CodeTables`` per group from its ``coder_table`` rows and,
+    for version 4, its ``coder_context`` rows (numpy arrays)."""
+    return [CodeTables(r, c) for r, c in zip(rows, [None] * len(rows) if contexts is None else contexts)]
+
+
 def table_positions(symbols: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Where each (clamped) offset sits in a row of tables (flat int64)."""
     idx = np.asarray(idx, dtype=np.int64).ravel()
@@ -354,8 +360,8 @@ class DesyncError(Exception):
 
 def read_group(cdr, g: int, idx: np.ndarray, tables: CodeTables | None = None) -> np.ndarray:
     """Group g's integer offsets from a .cdr file, decoded with scale-table
-    indices ``idx`` (and, in a version-3 file, the group's ``tables``, the
-    model's) and checked against the group's symbol CRC."""
+    indices ``idx`` (and, in a version-3 or 4 file, the group's ``tables``,
+    the model's) and checked against the group's symbol CRC."""
     # The container's CRC-32 already vouched for these bytes, so a chunk
     # that does not decode, or decodes to other symbols, means the model
     # here computed other probabilities than the encoder's did (a

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .container import CdrFile
-from .entropy import CodeTables, read_group
+from .entropy import group_tables, read_group
 from .nets.exact import ExactConv, ExactScales, FixedConvTranspose, FixedGDN, fixed_conv
 from .nets.walk import Prior, walk
 from .quality import quality_u
@@ -72,9 +72,8 @@ class NumpyMatNet:
             self.last_of_scale += [False] * (k - 1) + [True]
         self.exact = ExactScales(state, self.latent, self.G, self.scale_of, self.rate_knots)
         self.version = file_version(cfg)
-        ctx = state["coder_context"] if self.version >= 4 else [None] * self.G
-        self.tables = ([CodeTables(row, c) for row, c in zip(state["coder_table"], ctx)] if self.version >= 3
-                       else [None] * self.G)
+        self.tables = (group_tables(state["coder_table"], state["coder_context"] if self.version >= 4 else None)
+                       if self.version >= 3 else [None] * self.G)
         self._layers: dict = {}
 
     def _layer(self, name: str, make):

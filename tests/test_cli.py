@@ -215,3 +215,9 @@ def test_outputs_get_normal_permissions(tmp_path, png, tiny_model):
         assert (cdr.stat().st_mode & 0o777) == 0o644
     finally:
         os.umask(old)
+
+
+def test_info_describes_every_readable_version():
+    from convcodec.cli import FORMATS
+    from convcodec.container import VERSIONS
+    assert sorted(FORMATS) == sorted(VERSIONS)

@@ -190,7 +190,8 @@ def test_portable_files_decode_on_simulated_machines(tmp_path, request, kind, ve
     images = [smooth_image(40, 56, seed=s) for s in range(2)]
     files = _portable_files(tmp_path, model, images, 70)
     code, text, _ = cli("info", files[0])
-    assert code == 0 and f"version {version}" in text.decode()
+    from convcodec.cli import FORMATS
+    assert code == 0 and f"version {version} ({FORMATS[version]})" in text.decode()
     assert _decode_everywhere(tmp_path, files, ["--model", model]) == 0
 
 

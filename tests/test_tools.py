@@ -454,7 +454,7 @@ def test_coder_headroom_shift_and_quality_tables():
     assert np.array_equal(hr.quality_tables(fitted, 20)[1], np.ones(2))
     assert hr.quality_tables(fitted, 5) is fitted[10] and hr.quality_tables(fitted, 90) is fitted[30]
     prior = entropy.gaussian_tables()[None]
-    np.testing.assert_allclose(hr.smoothed(np.zeros_like(prior, dtype=np.int64), prior, 10.0), prior, rtol=1e-9)
+    np.testing.assert_allclose(hr.tables_from(np.zeros_like(prior, dtype=np.int64), 10.0, prior), prior, rtol=1e-9)
 
 
 def test_coder_headroom_runs_on_a_version_4_model(tmp_path, tiny_ctx, monkeypatch, capsys):

@@ -38,11 +38,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from fit_tables import QUALITIES, count, count_context, recording  # noqa: E402
+from fit_tables import QUALITIES, context_tables_from, count, count_context, recording, tables_from  # noqa: E402
 
 from convcodec import codec  # noqa: E402
-from convcodec.entropy import (CTX_CLASSES, CTX_LEN, CTX_SCALES, CTX_WIDTH, NUM_SCALES, TABLE_HALF,  # noqa: E402
-                               TABLE_LEN, TABLE_START, CodeTables)
+from convcodec.entropy import CTX_CLASSES, CTX_LEN, NUM_SCALES, TABLE_HALF, TABLE_LEN, CodeTables  # noqa: E402
 from convcodec.image import load_image  # noqa: E402
 from convcodec.zoo import load_model  # noqa: E402
 
@@ -56,26 +55,6 @@ def coded(model: str, rgb: np.ndarray, q: int) -> list:
     with recording() as seen:
         codec.encode(rgb, model=model, quality=q, device="cpu")
     return seen
-
-
-def smoothed(counts: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
-    """Rows of 64 tables (..., TABLE_LEN) from counts: symmetrised, plus
-    ``weight`` pseudo-counts of ``prior`` (rows of the same shape), normalised per table."""
-    out = np.empty(counts.shape)
-    for j in range(NUM_SCALES):
-        a, b = TABLE_START[j], TABLE_START[j + 1]
-        c = counts[..., a:b].astype(np.float64)
-        c = 0.5 * (c + c[..., ::-1]) + weight * prior[..., a:b]
-        out[..., a:b] = c / c.sum(-1, keepdims=True)
-    return out
-
-
-def smoothed_context(counts: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
-    """The same for context tables (groups x CTX_CLASSES x CTX_LEN)."""
-    shape = counts.shape[:-1] + (CTX_SCALES, CTX_WIDTH)
-    c = counts.astype(np.float64).reshape(shape)
-    c = 0.5 * (c + c[..., ::-1]) + weight * prior.reshape(shape)
-    return (c / c.sum(-1, keepdims=True)).reshape(counts.shape)
 
 
 def quality_tables(fitted: dict, q: int) -> tuple:
@@ -170,8 +149,8 @@ def main():
                 count_context(ctx_counts[q][g], k, idx)
             first[q].append(seen[0][0])
         print(f"[{i + 1}/{len(photos)}] training photos, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    fitted = {q: (smoothed(counts[q], rows, a.prior_weight),
-                  smoothed_context(ctx_counts[q], contexts, a.prior_weight)) for q in QUALITIES}
+    fitted = {q: (tables_from(counts[q], a.prior_weight, rows),
+                  context_tables_from(ctx_counts[q], contexts, a.prior_weight)) for q in QUALITIES}
     causal = {q: fit_causal(first[q]) for q in QUALITIES}
 
     paths = sorted(glob.glob(os.path.join(a.kodak, "*.png")))[::a.kodak_every]

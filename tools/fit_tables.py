@@ -72,27 +72,29 @@ def count_context(counts: np.ndarray, sym: np.ndarray, idx: np.ndarray):
     counts += np.bincount(at, minlength=CTX_CLASSES * CTX_LEN).reshape(CTX_CLASSES, CTX_LEN)
 
 
-def tables_from(counts: np.ndarray, prior_weight: float) -> np.ndarray:
-    """Rows of probabilities from rows of counts (groups x TABLE_LEN):
-    symmetrised, with the Gaussian's pseudo-counts, normalised per scale."""
-    gauss = entropy.gaussian_tables()
-    out = np.empty_like(counts, dtype=np.float64)
-    for g in range(counts.shape[0]):
-        for j in range(NUM_SCALES):
-            a, b = TABLE_START[j], TABLE_START[j + 1]
-            c = counts[g, a:b]
-            c = 0.5 * (c + c[::-1]) + prior_weight * gauss[a:b]
-            out[g, a:b] = c / c.sum()
+def tables_from(counts: np.ndarray, prior_weight: float, prior: np.ndarray | None = None) -> np.ndarray:
+    """Rows of probabilities from rows of counts (..., TABLE_LEN): symmetrised,
+    with ``prior_weight`` pseudo-counts of ``prior`` (rows of tables; default
+    the quantized Gaussian's), normalised per scale."""
+    prior = np.broadcast_to(entropy.gaussian_tables() if prior is None else prior, counts.shape)
+    out = np.empty(counts.shape, dtype=np.float64)
+    for j in range(NUM_SCALES):
+        a, b = TABLE_START[j], TABLE_START[j + 1]
+        c = counts[..., a:b].astype(np.float64)
+        c = 0.5 * (c + c[..., ::-1]) + prior_weight * prior[..., a:b]
+        out[..., a:b] = c / c.sum(-1, keepdims=True)
     return out
 
 
-def context_tables_from(counts: np.ndarray, tables: np.ndarray, prior_weight: float) -> np.ndarray:
+def context_tables_from(counts: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
     """Context tables (groups x CTX_CLASSES x CTX_LEN) from their counts:
-    symmetrised, with pseudo-counts of the group's fitted tables (``tables``,
-    from ``tables_from``) of the same scale, normalised per table."""
-    c = counts.astype(np.float64).reshape(counts.shape[0], CTX_CLASSES, CTX_SCALES, CTX_WIDTH)
-    prior = tables[:, :CTX_LEN].reshape(tables.shape[0], 1, CTX_SCALES, CTX_WIDTH)
-    c = 0.5 * (c + c[..., ::-1]) + prior_weight * prior
+    symmetrised, with ``prior_weight`` pseudo-counts of ``prior`` (context
+    tables, or anything that broadcasts to them: the fitted tables' first
+    CTX_LEN entries, those of the context scales), normalised per table."""
+    shape = counts.shape[:-1] + (CTX_SCALES, CTX_WIDTH)
+    c = counts.astype(np.float64).reshape(shape)
+    p = np.broadcast_to(prior, counts.shape).reshape(shape)
+    c = 0.5 * (c + c[..., ::-1]) + prior_weight * p
     return (c / c.sum(-1, keepdims=True)).reshape(counts.shape)
 
 
@@ -141,7 +143,8 @@ def main():
     with torch.no_grad():
         model.coder_table.copy_(torch.from_numpy(tables))
         if a.context:
-            model.coder_context.copy_(torch.from_numpy(context_tables_from(ctx_counts, tables, a.prior_weight)))
+            model.coder_context.copy_(torch.from_numpy(
+                context_tables_from(ctx_counts, tables[:, None, :CTX_LEN], a.prior_weight)))
     card = {k: v for k, v in info["card"].items()
             if k not in ("kodak", "kodak_anchors", "config", "sha256", "parameters", "superseded_by")}
     card.update(name=a.name, description=a.notes or card.get("description", ""))
