@@ -55,6 +55,38 @@ def test_fit_crop_leaves_out_small_photos():
         fit_crop(imgs, 65)
 
 
+def test_random_batch_augments_only_when_asked():
+    import random
+    from convcodec.train import random_batch
+    # A photo whose pixels say where they came from: row index in red, column in green.
+    h, w = 80, 120
+    im = torch.zeros(3, h, w, dtype=torch.uint8)
+    im[0] = torch.arange(h, dtype=torch.uint8)[:, None]
+    im[1] = torch.arange(w, dtype=torch.uint8)[None, :]
+    # hflip draws the crops of every run before the option, crop for crop.
+    a = random_batch([im], 6, 32, random.Random(3))
+    b = random_batch([im], 6, 32, random.Random(3), "hflip")
+    assert torch.equal(a, b)
+    for c in a:      # a plain crop: rows run down, columns run one way or the other
+        rows, cols = (c[0] * 255).round(), (c[1] * 255).round()
+        assert torch.equal(rows[1:] - rows[:-1], torch.ones(31, 32))
+        assert (cols[:, 1:] - cols[:, :-1]).abs().eq(1).all()
+    out = random_batch([im], 64, 32, random.Random(3), "dihedral-scale")
+    assert out.shape == (64, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    turned = scaled = 0
+    for c in out:
+        rows, cols = (c[0] * 255).round(), (c[1] * 255).round()
+        down = (rows[-1, 0] - rows[0, 0]).abs() + (rows[0, -1] - rows[0, 0]).abs()
+        across = (cols[-1, 0] - cols[0, 0]).abs() + (cols[0, -1] - cols[0, 0]).abs()
+        turned += bool((rows[0, -1] - rows[0, 0]).abs() > (rows[-1, 0] - rows[0, 0]).abs())
+        # A region r >= 32 px wide squeezed into 32: the ramps span r - 1 levels.
+        assert down >= 31 - 1 and across >= 31 - 1
+        scaled += bool(down > 34)
+    assert 16 < turned < 48 and 8 < scaled      # rows run across in about half; many crops downscaled
+    with pytest.raises(ValueError, match="augment"):
+        random_batch([im], 1, 32, random.Random(0), "mixup")
+
+
 def test_refuses_kodak(tmp_path):
     import pytest
     from convcodec.train import load_images
