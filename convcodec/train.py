@@ -134,24 +134,17 @@ def random_batch(imgs, n, crop, gen: random.Random, augment: str = "hflip") -> t
     for i in range(n):
         im = imgs[gen.randrange(len(imgs))]
         _, h, w = im.shape
-        if augment == "hflip":
-            y, x = gen.randrange(h - crop + 1), gen.randrange(w - crop + 1)
-            c = im[:, y:y + crop, x:x + crop]
-            if gen.random() < 0.5:
-                c = c.flip(2)
-            out[i] = c
-            continue
-        lo = max(MIN_SCALE, crop / min(h, w))
-        s = lo ** gen.random() if lo < 1 else 1.0
-        r = min(h, w, max(crop, round(crop / s)))
+        r = crop                                   # the side of the region the crop comes from
+        if augment == "dihedral-scale":
+            lo = max(MIN_SCALE, crop / min(h, w))
+            r = min(h, w, max(crop, round(crop / (lo ** gen.random() if lo < 1 else 1.0))))
         y, x = gen.randrange(h - r + 1), gen.randrange(w - r + 1)
         c = im[:, y:y + r, x:x + r]
         if r != crop:
             c = F.interpolate(c[None].float(), size=(crop, crop), mode="bilinear", antialias=True,
                               align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8)
-        k = gen.randrange(4)
-        if k:
-            c = torch.rot90(c, k, (1, 2))
+        if augment == "dihedral-scale":
+            c = torch.rot90(c, gen.randrange(4), (1, 2))
         if gen.random() < 0.5:
             c = c.flip(2)
         out[i] = c
@@ -710,6 +703,8 @@ def main(argv=None):
     for k, v in asdict(TrainConfig()).items():
         if k == "data":
             ap.add_argument("--data", nargs="+", default=list(v))
+        elif k == "augment":
+            ap.add_argument("--augment", choices=AUGMENTS, default=v)
         elif isinstance(v, bool):
             ap.add_argument(f"--{k.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"), default=v)
         else:

@@ -63,10 +63,16 @@ def test_random_batch_augments_only_when_asked():
     im = torch.zeros(3, h, w, dtype=torch.uint8)
     im[0] = torch.arange(h, dtype=torch.uint8)[:, None]
     im[1] = torch.arange(w, dtype=torch.uint8)[None, :]
-    # hflip draws the crops of every run before the option, crop for crop.
+    # hflip draws the crops of every run before the option, crop for crop:
+    # the old draw (photo, y, x, mirror) replayed here.
     a = random_batch([im], 6, 32, random.Random(3))
-    b = random_batch([im], 6, 32, random.Random(3), "hflip")
-    assert torch.equal(a, b)
+    assert torch.equal(a, random_batch([im], 6, 32, random.Random(3), "hflip"))
+    gen = random.Random(3)
+    for c in a:
+        gen.randrange(1)
+        y, x = gen.randrange(h - 32 + 1), gen.randrange(w - 32 + 1)
+        old = im[:, y:y + 32, x:x + 32]
+        assert torch.equal(c, (old.flip(2) if gen.random() < 0.5 else old).float() / 255)
     for c in a:      # a plain crop: rows run down, columns run one way or the other
         rows, cols = (c[0] * 255).round(), (c[1] * 255).round()
         assert torch.equal(rows[1:] - rows[:-1], torch.ones(31, 32))

@@ -87,6 +87,12 @@ def causal_features(k: np.ndarray) -> np.ndarray:
     return np.stack([p[:, 2 + dy:2 + dy + h, 2 + dx:2 + dx + w] for dy, dx in NEIGHBOURS], -1).reshape(m, h * w, -1)
 
 
+def spread_features(x: np.ndarray) -> np.ndarray:
+    """(n, 2): the mean |k| of each offset's four nearest causal neighbours,
+    and 1 (the Laplace scale is linear in these)."""
+    return np.stack([np.abs(x[:, :4]).mean(1), np.ones(len(x))], 1)
+
+
 def fit_causal(offsets: list) -> list:
     """Per latent map: (predictor weights, scale coefficients) from training offsets (maps, H, W)."""
     fits = []
@@ -94,8 +100,7 @@ def fit_causal(offsets: list) -> list:
         x = np.concatenate([causal_features(k)[m] for k in offsets])
         y = np.concatenate([k[m].ravel() for k in offsets]).astype(np.float64)
         w = np.linalg.lstsq(x, y, rcond=None)[0]
-        a = np.stack([np.abs(x[:, :4]).mean(1), np.ones(len(y))], 1)
-        fits.append((w, np.linalg.lstsq(a, np.abs(y - x @ w), rcond=None)[0]))
+        fits.append((w, np.linalg.lstsq(spread_features(x), np.abs(y - x @ w), rcond=None)[0]))
     return fits
 
 
@@ -106,7 +111,7 @@ def causal_bits(fits: list, k: np.ndarray) -> float:
     for m, (w, c) in enumerate(fits):
         y = k[m].ravel().astype(np.float64)
         mu = x[m] @ w
-        s = np.maximum(np.stack([np.abs(x[m][:, :4]).mean(1), np.ones(len(y))], 1) @ c, 0.05)
+        s = np.maximum(spread_features(x[m]) @ c, 0.05)
         cdf = lambda v: np.where(v < mu, 0.5 * np.exp((v - mu) / s), 1 - 0.5 * np.exp(-(v - mu) / s))  # noqa: E731
         total += -np.log2(np.maximum(cdf(y + 0.5) - cdf(y - 0.5), 2.0 ** -24)).sum()
     return float(total)
