@@ -76,6 +76,8 @@ class TrainConfig:
     augment: str = "hflip"                    # hflip (mirror only, as every run before session 29) or
                                               # dihedral-scale (any of the 8 rotations/mirrors, and a random
                                               # downscale of the crop's source region: random_batch)
+    prefix_weight: float = 1.0                # weight of the random prefix's cost beside the all-groups one
+                                              # (1: every run before session 30; rd_loss says why less)
 
 
 def load_images(folders, seed=0) -> list[torch.Tensor]:
@@ -488,7 +490,13 @@ def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: ran
     costs of all T groups and of the first ``prefix``. A variable-rate model
     draws a quality u per image, uniform in [0, 1], and weighs that image
     with its lambda (log-spaced over the model's range; the same lambda for
-    the prefix). Returns the loss and its terms for the log."""
+    the prefix). The prefix's cost is charged ``prefix_weight`` times. Why
+    less than 1: at one lambda for both, a prefix's distortion (the finer
+    groups regenerated from the prior mean) is several times the whole
+    file's (matnet-vr16's log: 23 against 29 dB), so at high qualities the
+    prefix term is most of the gradient and the all-groups curve, which
+    users get from every file, is trained as its side-term. Returns the
+    loss and its terms for the log."""
     cfg = getattr(net, "module", net).cfg
     b = x.shape[0]
     quality = None
@@ -510,7 +518,7 @@ def rd_loss(tc: TrainConfig, net, x: torch.Tensor, prefix: int, T: int, gen: ran
     bpp_img, bpp_pre_img = charged.sum(0) / pixels, charged[:prefix].sum(0) / pixels
     x_all, x_pre = recon[T].float(), recon[prefix].float()
     d_all, d_pre = _per_image_distortion(tc, x_all, x), _per_image_distortion(tc, x_pre, x)
-    per_image = bpp_img + lam * d_all + bpp_pre_img + lam_pre * d_pre
+    per_image = bpp_img + lam * d_all + tc.prefix_weight * (bpp_pre_img + lam_pre * d_pre)
     loss = per_image.mean()
     if tc.distortion == "mse":          # the distortion is 255^2 * MSE already
         mse, mse_pre = d_all.mean().item() / 255 ** 2, d_pre.mean().item() / 255 ** 2
@@ -577,6 +585,7 @@ def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, na
                                        "batch": tc.batch * world, "crop": tc.crop, "lambda": tc.lmbda,
                                        "lambda_first": tc.lmbda_first or tc.lmbda,
                                        "distortion": tc.distortion, "augment": tc.augment,
+                                       "prefix_weight": tc.prefix_weight,
                                        "init": tc.init or None, "data": list(tc.data)}}
     save_model(run.ema, os.path.join(out_dir, name), card)
     if tc.snapshots:        # what tools/learning_curve.py sweeps, named by the run's own minutes
@@ -588,6 +597,8 @@ def _save(run: Run, loss_avg, tc: TrainConfig, model_cfg: dict, out_dir: str, na
 
 
 def train(model_cfg: dict, tc: TrainConfig, out_dir: str, name: str):
+    if not tc.prefix_weight >= 0:
+        raise SystemExit(f"--prefix-weight must be 0 or more, not {tc.prefix_weight}")
     rank, world, dev = _setup(tc.device)
     main_proc = rank == 0
     if tc.bf16 and not bf16_native(dev):

@@ -385,6 +385,33 @@ def test_annealed_rate_is_charged_in_the_loss_but_logged_in_full():
     assert full - annealed == pytest.approx(0.75 * g_full[-1], rel=1e-4)
 
 
+def test_prefix_weight_scales_only_the_prefix_cost():
+    """--prefix-weight w charges the random prefix's cost (its bits and its
+    weighted distortion) w times and the all-groups cost in full: the loss
+    is A + w P, with A and P what w = 0 and w = 1 give; the log's terms are
+    the same for every w."""
+    import random
+    from convcodec.train import rd_loss
+    from .conftest import TINY_VR
+    from convcodec.nets.matnet import MatNet
+    torch.manual_seed(0)
+    net = MatNet(TINY_VR)
+    x = torch.rand(2, 3, 32, 32)
+    T = net.num_groups
+    out = {}
+    for w in (0.0, 1.0, 0.1):
+        torch.manual_seed(1)
+        loss, terms = rd_loss(TrainConfig(bf16=False, prefix_weight=w), net, x, 1, T, random.Random(3), 0.0)
+        out[w] = (loss.item(), terms["bpp"], terms["dist_pre"])
+    a, p = out[0.0][0], out[1.0][0] - out[0.0][0]
+    assert p > 0.1 * a                      # the prefix's cost is no rounding error beside the rest
+    assert out[0.1][0] == pytest.approx(a + 0.1 * p, rel=1e-5)
+    assert out[0.0][1:] == out[1.0][1:] == out[0.1][1:]
+    assert TrainConfig().prefix_weight == 1.0   # every run before session 30
+    with pytest.raises(SystemExit, match="prefix-weight"):
+        train({"backbone": "matnet"}, TrainConfig(prefix_weight=-0.5), "unused", "unused")
+
+
 def test_init_to_a_wider_lambda_range_keeps_the_models_function(tmp_path):
     """--init into another lambda range: the source's u is affine in ours
     (u_src = a u + b), and every layer that reads the quality, and the gain

@@ -83,9 +83,12 @@ def main():
         tr = card["training"]
         tr["lambda"] = tr["lambda_first"] = None
         tr["lambda_range"] = [lo, hi]
+        w = tc.get("prefix_weight", 1.0)
         tr["objective"] = ("variable rate: each image of a batch draws a quality u ~ U[0, 1] and is weighed "
                            f"with lambda = {lo} * ({hi} / {lo}) ** u; its loss is bpp + lambda*255^2*MSE for all "
-                           "groups plus the same for a random prefix (rest from the prior mean)")
+                           f"groups plus {'the same' if w == 1 else f'{w:g} times the same'} for a random prefix "
+                           "(rest from the prior mean)")
+    card["training"]["prefix_weight"] = tc.get("prefix_weight", 1.0)
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors and .json ({ck['step']} iterations, "
           f"{card['training']['wall_minutes']} min)")
