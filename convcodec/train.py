@@ -139,7 +139,8 @@ def random_batch(imgs, n, crop, gen: random.Random, augment: str = "hflip") -> t
         r = crop                                   # the side of the region the crop comes from
         if augment == "dihedral-scale":
             lo = max(MIN_SCALE, crop / min(h, w))
-            r = min(h, w, max(crop, round(crop / (lo ** gen.random() if lo < 1 else 1.0))))
+            if lo < 1:                             # a photo as small as the crop has no larger region
+                r = min(h, w, max(crop, round(crop / lo ** gen.random())))
         y, x = gen.randrange(h - r + 1), gen.randrange(w - r + 1)
         c = im[:, y:y + r, x:x + r]
         if r != crop:

@@ -56,6 +56,7 @@ def main():
     hw = a.hardware or f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
     last = log[-1] if log else {}
     lam_first = tc.get("lmbda_first") or tc["lmbda"]
+    w = tc.get("prefix_weight", 1.0)      # runs before session 30 had no such option: 1
     mc = ck["model_cfg"]
     ini = init_record(tc.get("init"))
     own = round(ck["elapsed"] / 60, 1)
@@ -83,12 +84,11 @@ def main():
         tr = card["training"]
         tr["lambda"] = tr["lambda_first"] = None
         tr["lambda_range"] = [lo, hi]
-        w = tc.get("prefix_weight", 1.0)
         tr["objective"] = ("variable rate: each image of a batch draws a quality u ~ U[0, 1] and is weighed "
                            f"with lambda = {lo} * ({hi} / {lo}) ** u; its loss is bpp + lambda*255^2*MSE for all "
                            f"groups plus {'the same' if w == 1 else f'{w:g} times the same'} for a random prefix "
                            "(rest from the prior mean)")
-    card["training"]["prefix_weight"] = tc.get("prefix_weight", 1.0)
+    card["training"]["prefix_weight"] = w
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors and .json ({ck['step']} iterations, "
           f"{card['training']['wall_minutes']} min)")
