@@ -474,3 +474,24 @@ def test_coder_headroom_runs_on_a_version_4_model(tmp_path, tiny_ctx, monkeypatc
         # a shift of 0 is always allowed: at most 4 bits a group more
         assert r["shift"] <= 100 * hr.SHIFT_BITS * res["groups"] / (8 * r["model_bytes_per_image"])
     assert "causal/first" in capsys.readouterr().out
+
+
+def test_ship_model_records_how_the_run_trained(tmp_path, monkeypatch):
+    """The shipped card says what makes a run reproducible beside its data:
+    the prefix weight, the augmentation and the data seed."""
+    from convcodec import zoo
+    from convcodec.train import TrainConfig, train
+    from .conftest import TINY_VR
+    ship = _tool("ship_model")
+    data = photo_folder(tmp_path / "data", 2)
+    tc = TrainConfig(data=(str(data),), crop=32, batch=2, minutes=0.02, warmup=1, ckpt_minutes=100,
+                     augment="dihedral-scale", prefix_weight=0.25, seed=7, bf16=False)
+    train(TINY_VR.to_dict(), tc, str(tmp_path / "run"), "r")
+    monkeypatch.setattr(ship, "MODELS_DIR", tmp_path / "models")
+    (tmp_path / "models").mkdir()
+    monkeypatch.setattr(sys, "argv", ["ship_model.py", str(tmp_path / "run"), "--name", "shipped"])
+    ship.main()
+    _, info = zoo.load_model(str(tmp_path / "models" / "shipped.safetensors"))
+    tr = info["card"]["training"]
+    assert (tr["prefix_weight"], tr["augment"], tr["seed"]) == (0.25, "dihedral-scale", 7)
+    assert "0.25 times the same" in tr["objective"]

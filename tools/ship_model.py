@@ -89,6 +89,9 @@ def main():
                            f"groups plus {'the same' if w == 1 else f'{w:g} times the same'} for a random prefix "
                            "(rest from the prior mean)")
     card["training"]["prefix_weight"] = w
+    # Runs before session 29 had no --augment option: they mirrored only.
+    card["training"]["augment"] = tc.get("augment", "hflip")
+    card["training"]["seed"] = tc.get("seed")
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors and .json ({ck['step']} iterations, "
           f"{card['training']['wall_minutes']} min)")
