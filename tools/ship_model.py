@@ -75,8 +75,12 @@ def main():
             "patches_per_s_median": float(np.median([r["patches_per_s"] for r in log])) if log else None,
             "final_train_log": {k: last.get(k) for k in ("step", "loss", "bpp", "psnr", "psnr_pre", "bpp_groups")},
             "objective": ("sum over t in {random prefix, all groups} of bpp(first t groups) + "
-                          "lambda_t*255^2*MSE(first t groups, rest from the prior mean); lambda_t "
+                          "lambda_t*255^2*MSE(first t groups, rest from the prior mean)"
+                          f"{'' if w == 1 else f', the prefix term weighted {w:g}'}; lambda_t "
                           f"log-spaced from {lam_first} (t=1) to {tc['lmbda']} (all groups)"),
+            "prefix_weight": w,
+            "augment": tc.get("augment", "hflip"),     # runs before session 29 mirrored only
+            "seed": tc.get("seed"),
         },
     }
     if mc.get("rate_knots"):
@@ -88,10 +92,6 @@ def main():
                            f"with lambda = {lo} * ({hi} / {lo}) ** u; its loss is bpp + lambda*255^2*MSE for all "
                            f"groups plus {'the same' if w == 1 else f'{w:g} times the same'} for a random prefix "
                            "(rest from the prior mean)")
-    card["training"]["prefix_weight"] = w
-    # Runs before session 29 had no --augment option: they mirrored only.
-    card["training"]["augment"] = tc.get("augment", "hflip")
-    card["training"]["seed"] = tc.get("seed")
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors and .json ({ck['step']} iterations, "
           f"{card['training']['wall_minutes']} min)")
