@@ -24,7 +24,7 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
-DEFAULT_MODEL = "matnet-vr23c"
+DEFAULT_MODEL = "matnet-vr24c"
 
 
 class ModelError(Exception):

@@ -48,7 +48,7 @@ def test_default_model_codes_a_photo_crop(crop):
 
 @pytest.mark.parametrize("chain", [(zoo.DEFAULT_MODEL,), ("matnet-vr16c", "matnet-vr16t")])
 def test_tables_code_their_networks_pictures_in_fewer_bytes(chain):
-    """The default (matnet-vr23c) and matnet-vr16c are their networks'
+    """The default (matnet-vr24c) and matnet-vr16c are their networks'
     source (version 2) with fitted code tables and context tables (version
     4); matnet-vr16t has matnet-vr16's code tables only (version 3). Each
     writes the same offsets and pictures as its source, in fewer bytes (on
