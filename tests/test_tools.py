@@ -131,11 +131,13 @@ def test_learning_curve_reuses_rows_of_the_same_weights(tmp_path, monkeypatch, c
     real = lc.sweep
     monkeypatch.setattr(lc, "sweep", lambda m, *a: measured.append(os.path.basename(m)) or real(m, *a))
     again = tmp_path / "lc2.json"
-    monkeypatch.setattr(sys, "argv", argv + ["--json", str(again), "--reuse", str(first)])
+    # The run's threads (not the sweep's): two, then one from minute 6.
+    monkeypatch.setattr(sys, "argv", argv + ["--json", str(again), "--reuse", str(first), "--train-threads", "2,6:1"])
     lc.main()
     new = json.loads(again.read_text())
     assert measured == ["min-008.safetensors"]
     assert new["rows"][:2] == old["rows"] and new["rows"][2]["minutes"] == 8.0
+    assert new["rows"][2]["cpu_hours"] == round((6 * 2 + 2 * 1) / 60, 2) and new["threads"] == "2,6:1"
 
 
 def test_plot_log_reads_resumed_and_skipped_records(tmp_path, monkeypatch, capsys):

@@ -5,10 +5,10 @@ time, from the snapshots a run exported (one per checkpoint).
 Each snapshot is swept over qualities (all groups stored; bits from real
 files) on every ``--every``-th Kodak image; its PSNR at 0.25, 0.5 and 1 bpp
 is interpolated on that curve (blank outside it). CPU-hours are the run's
-wall minutes times the threads it had (``--threads 2,76:1``: two, then one
-from minute 76).
+wall minutes times the threads it trained with (``--train-threads 2,76:1``:
+two, then one from minute 76), whatever threads this sweep itself runs on.
 
-    python tools/learning_curve.py runs/matnet-vr/snapshots --threads 2 \\
+    python tools/learning_curve.py runs/matnet-vr/snapshots --train-threads 2 \\
         --json docs/kodak/learning_curve.json --plot docs/kodak/learning_curve.png
 """
 from __future__ import annotations
@@ -47,8 +47,11 @@ def main():
     ap.add_argument("--images", default="../shared/data/kodak")
     ap.add_argument("--every", type=int, default=4, help="every N-th Kodak image")
     ap.add_argument("--qualities", default="1,25,50,75,100")
-    ap.add_argument("--threads", default="2", help="threads the run trained with; a run that changed "
-                    "says so as THREADS[,FROM_MINUTE:THREADS...], e.g. 2,76:1")
+    # Named for what it is: the sweep's own threads do not enter the CPU-hours
+    # (--threads, its old name, read as those and was misused once; kept as an alias).
+    ap.add_argument("--train-threads", "--threads", dest="threads", default="2",
+                    help="threads the run trained with; a run that changed says so as "
+                    "THREADS[,FROM_MINUTE:THREADS...], e.g. 2,76:1")
     ap.add_argument("--stride", type=int, default=1, help="every N-th snapshot")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)

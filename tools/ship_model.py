@@ -57,7 +57,18 @@ def main():
     last = log[-1] if log else {}
     lam_first = tc.get("lmbda_first") or tc["lmbda"]
     w = tc.get("prefix_weight", 1.0)      # runs before session 30 had no such option: 1
-    mc = ck["model_cfg"]
+    variable_rate = bool(ck["model_cfg"].get("rate_knots"))
+    if variable_rate:
+        lo, hi = model.cfg.lambdas
+        objective = ("variable rate: each image of a batch draws a quality u ~ U[0, 1] and is weighed "
+                     f"with lambda = {lo} * ({hi} / {lo}) ** u; its loss is bpp + lambda*255^2*MSE for all "
+                     f"groups plus {'the same' if w == 1 else f'{w:g} times the same'} for a random prefix "
+                     "(rest from the prior mean)")
+    else:
+        objective = ("sum over t in {random prefix, all groups} of bpp(first t groups) + "
+                     "lambda_t*255^2*MSE(first t groups, rest from the prior mean)"
+                     f"{'' if w == 1 else f', the prefix term weighted {w:g}'}; lambda_t "
+                     f"log-spaced from {lam_first} (t=1) to {tc['lmbda']} (all groups)")
     ini = init_record(tc.get("init"))
     own = round(ck["elapsed"] / 60, 1)
     card = {
@@ -66,7 +77,8 @@ def main():
         "training": {
             "data": list(tc["data"]), "never_trained_on": "Kodak",
             "iterations": ck["step"], "batch": tc["batch"], "crop": tc["crop"],
-            "patches": ck["step"] * tc["batch"], "lambda": tc["lmbda"], "lambda_first": lam_first,
+            "patches": ck["step"] * tc["batch"],
+            "lambda": None if variable_rate else tc["lmbda"], "lambda_first": None if variable_rate else lam_first,
             "lr": tc["lr"], "init": ini["init"],
             "schedule": f"warm-up {tc['warmup']} it, cosine over {tc['minutes']} min to {tc['lr_final']}x",
             "ema": tc["ema"], "bf16_autocast": tc["bf16"],
@@ -74,24 +86,14 @@ def main():
             "wall_minutes_total": None if ini["init_minutes"] is None else round(own + ini["init_minutes"], 1),
             "patches_per_s_median": float(np.median([r["patches_per_s"] for r in log])) if log else None,
             "final_train_log": {k: last.get(k) for k in ("step", "loss", "bpp", "psnr", "psnr_pre", "bpp_groups")},
-            "objective": ("sum over t in {random prefix, all groups} of bpp(first t groups) + "
-                          "lambda_t*255^2*MSE(first t groups, rest from the prior mean)"
-                          f"{'' if w == 1 else f', the prefix term weighted {w:g}'}; lambda_t "
-                          f"log-spaced from {lam_first} (t=1) to {tc['lmbda']} (all groups)"),
+            "objective": objective,
             "prefix_weight": w,
             "augment": tc.get("augment", "hflip"),     # runs before session 29 mirrored only
             "seed": tc.get("seed"),
         },
     }
-    if mc.get("rate_knots"):
-        lo, hi = model.cfg.lambdas
-        tr = card["training"]
-        tr["lambda"] = tr["lambda_first"] = None
-        tr["lambda_range"] = [lo, hi]
-        tr["objective"] = ("variable rate: each image of a batch draws a quality u ~ U[0, 1] and is weighed "
-                           f"with lambda = {lo} * ({hi} / {lo}) ** u; its loss is bpp + lambda*255^2*MSE for all "
-                           f"groups plus {'the same' if w == 1 else f'{w:g} times the same'} for a random prefix "
-                           "(rest from the prior mean)")
+    if variable_rate:
+        card["training"]["lambda_range"] = [lo, hi]
     save_model(model, MODELS_DIR / a.name, card)
     print(f"wrote {MODELS_DIR / a.name}.safetensors and .json ({ck['step']} iterations, "
           f"{card['training']['wall_minutes']} min)")
